@@ -1,0 +1,43 @@
+"""sample_data stage: write the embedded sample GenRM SFT dataset (the recipe's Faz 0 output).
+
+Deterministic: the same ``--seed`` and ``--rows`` give the same bytes. To train on a real Faz 0
+file instead, see the README ("Your own data"): the file takes this stage's place and is tracked
+with ``dvc add``.
+
+Params: ``data.rows``, ``data.seed``.
+
+    uv run python -m src.make_sample_data --rows 3000 --seed 0 \
+        --out data/processed/sft/sft_genrm_train.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from .genrm_sample import dumps, generate_rows
+from .runtime import atomic_path, check_range, run_main
+
+
+def run(rows: int, seed: int, out: Path) -> dict:
+    check_range("--rows", rows, 1)
+    generated = list(generate_rows(rows, seed))
+    with atomic_path(out) as tmp:
+        tmp.write_text("".join(dumps(r) + "\n" for r in generated), encoding="utf-8")
+    labels = Counter(r["metadata"]["label"] for r in generated)
+    return {"n_rows": len(generated), "n_correct": labels[1], "n_incorrect": labels[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m src.make_sample_data", description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("data/processed/sft/sft_genrm_train.jsonl"))
+    p.add_argument("--metrics", type=Path, default=Path("metrics/sample_data.json"))
+    a = p.parse_args(argv)
+    return run_main(lambda: run(a.rows, a.seed, a.out), a.metrics)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

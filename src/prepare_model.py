@@ -1,0 +1,87 @@
+"""prepare_model stage: put the base model at ``checkpoints/base_model``, versioned by DVC.
+
+``--model embedded`` (the default) builds a tiny random Gemma-architecture model offline and
+deterministically (18 layers like gemma-2b-it, width 64, a byte-level BPE tokenizer trained on
+sample GenRM text, Gemma's special tokens and chat template). Any other value is a local model
+directory or a Hugging Face id (``google/gemma-2b-it``), copied in so that every later stage reads
+one pinned, DVC-cached copy; its resolved revision goes into ``source.json`` beside the weights.
+
+Params: ``model.name``, ``model.revision``, ``model.embedded_seed``.
+
+    uv run python -m src.prepare_model --model embedded --out checkpoints/base_model
+    uv run python -m src.prepare_model --model google/gemma-2b-it --out checkpoints/base_model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .genrm_sample import generate_rows, render_text
+from .model_source import resolve_model
+from .runtime import atomic_path, run_main
+from .tiny_gemma import TinyGemmaConfig, build_tiny_gemma
+
+EMBEDDED = "embedded"
+# The tokenizer corpus uses its own seed so that it never equals the SFT sample data.
+TOKENIZER_CORPUS_ROWS = 3000
+
+
+@dataclass
+class PrepareModelConfig:
+    model: str = EMBEDDED
+    revision: str | None = None
+    out: Path = Path("checkpoints/base_model")
+    embedded_seed: int = 0
+
+
+def run(cfg: PrepareModelConfig) -> dict:
+    with atomic_path(cfg.out, is_dir=True) as tmp:
+        if cfg.model == EMBEDDED:
+            corpus = (render_text(r) for r in
+                      generate_rows(TOKENIZER_CORPUS_ROWS, seed=10_000 + cfg.embedded_seed))
+            build_tiny_gemma(tmp, TinyGemmaConfig(seed=cfg.embedded_seed), corpus)
+            source = {"model": EMBEDDED, "embedded_seed": cfg.embedded_seed}
+        else:
+            src = resolve_model(cfg.model, cfg.revision)
+            for f in sorted(src.iterdir()):
+                if f.is_file() and not f.name.startswith("."):
+                    shutil.copy2(f, tmp / f.name)
+            # A Hub snapshot lives in .../snapshots/<commit>: that commit is the resolved revision.
+            resolved = src.name if src.parent.name == "snapshots" else None
+            source = {"model": cfg.model, "revision": cfg.revision, "resolved_revision": resolved}
+        (tmp / "source.json").write_text(json.dumps(source, indent=2, sort_keys=True) + "\n")
+        config = json.loads((tmp / "config.json").read_text())
+        size = sum(f.stat().st_size for f in tmp.iterdir() if f.suffix == ".safetensors")
+    return {
+        "num_hidden_layers": config["num_hidden_layers"],
+        "hidden_size": config["hidden_size"],
+        "vocab_size": config["vocab_size"],
+        "weights_mb": round(size / 1e6, 3),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = PrepareModelConfig()
+    p = argparse.ArgumentParser(prog="python -m src.prepare_model", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=d.model, help="'embedded', a local directory or a Hub id")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--out", type=Path, default=d.out)
+    p.add_argument("--embedded-seed", type=int, default=d.embedded_seed)
+    p.add_argument("--metrics", type=Path, default=Path("metrics/prepare_model.json"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    metrics_path = args.pop("metrics")
+    if args["revision"] in ("", "null", "None"):
+        args["revision"] = None
+    return run_main(lambda: run(PrepareModelConfig(**args)), metrics_path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Shared plumbing for stage entry points: errors users can act on, atomic writes, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class StageError(Exception):
+    """An error the user can fix; printed as one clear message, never as a traceback."""
+
+
+class DataError(StageError):
+    """A problem in an input file, located by file and line."""
+
+    def __init__(self, path: str | Path, line: int | None, what: str, fix: str):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {what}. Fix: {fix}")
+        self.path, self.line, self.what, self.fix = str(path), line, what, fix
+
+
+def is_rank0() -> bool:
+    """True unless running as a non-zero rank under ``mlx.launch``."""
+    import mlx.core as mx
+
+    return mx.distributed.init().rank() == 0
+
+
+@contextmanager
+def atomic_path(final: str | Path, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; move it onto ``final`` only if the block succeeds.
+
+    A failing stage therefore never leaves half-written output behind.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+        os.close(fd)
+        tmp = Path(name)
+    # mkstemp/mkdtemp create private files; outputs get the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod((0o777 if is_dir else 0o666) & ~umask)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if is_dir and final.exists():
+        _remove(final)
+    os.replace(tmp, final)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    """Write JSON atomically; NaN or infinity is a bug, so it raises."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def flat_metrics(metrics: dict) -> dict:
+    """Check metrics are a flat mapping of finite numbers (what ``dvc metrics diff`` compares)."""
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"metric {key!r} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"metric {key!r} is not finite: {value}")
+    return dict(sorted(metrics.items()))
+
+
+def run_main(run: Callable[[], dict], metrics_path: str | Path | None) -> int:
+    """Call a stage's ``run``; write its metrics (rank 0 only); turn StageError into exit code 1."""
+    try:
+        metrics = run()
+    except StageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if metrics_path and is_rank0():
+        write_json(metrics_path, flat_metrics(metrics))
+    return 0
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
+                hint: str = "") -> None:
+    """Raise a StageError naming the flag when ``value`` is out of [low, high]."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]" if low is not None else f"<= {high}"
+        raise StageError(f"{name} must be {bounds}, got {value}.{' ' + hint if hint else ''}")

@@ -1,0 +1,189 @@
+"""SFT data: read and validate JSONL, and tokenize rows exactly as mlx-lm's trainer does.
+
+Formats (mlx-lm's, one per file): chat ``{"messages": [...], "tools": [...]?}``,
+``{"prompt": ..., "completion": ...}`` and ``{"text": ...}``. Extra keys (``metadata``) are kept
+and ignored by training.
+
+Training uses mlx-lm's own datasets (``create_dataset`` + ``CacheDataset``). The split stage
+measures lengths with ``token_lengths``, a batched equivalent (render with the same tokenizer's
+chat template, then one ``encode_batch``); ``tests/test_sft_data.py`` proves the two agree token
+for token, so the length filter cannot drift from what training sees.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from .runtime import DataError
+
+CHAT, COMPLETIONS, TEXT = "chat", "completions", "text"
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """Return ``(line_number, row)`` pairs. Accepts a UTF-8 BOM, CRLF and blank lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "file not found", "check the path or run the stage that makes it")
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    rows = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(path, number, f"invalid UTF-8 at byte {err.start}",
+                            "re-encode the file as UTF-8") from None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(path, number, f"malformed JSON ({err.msg} at column {err.colno})",
+                            "write one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(path, number, f"expected a JSON object, got {type(row).__name__}",
+                            "write one JSON object per line")
+        rows.append((number, row))
+    if not rows:
+        raise DataError(path, None, "file is empty", "provide at least one JSONL row")
+    return rows
+
+
+def row_format(row: dict) -> str | None:
+    if "messages" in row:
+        return CHAT
+    if "prompt" in row and "completion" in row:
+        return COMPLETIONS
+    if "text" in row:
+        return TEXT
+    return None
+
+
+def validate_rows(rows: list[tuple[int, dict]], path: str | Path) -> str:
+    """Check every row's fields; return the file's single format."""
+    first_fmt, first_line = None, None
+    for number, row in rows:
+        fmt = row_format(row)
+        if fmt is None:
+            raise DataError(path, number, f"row has none of the known fields (keys: {sorted(row)})",
+                            'use {"messages": [...]}, {"prompt", "completion"} or {"text"}')
+        if first_fmt is None:
+            first_fmt, first_line = fmt, number
+        elif fmt != first_fmt:
+            raise DataError(path, number, f"{fmt} row in a {first_fmt} file (line {first_line} "
+                            f"is {first_fmt})", "use one format per file")
+        if fmt == CHAT:
+            _check_chat(row, path, number)
+        else:
+            keys = ("prompt", "completion") if fmt == COMPLETIONS else ("text",)
+            for key in keys:
+                if not isinstance(row[key], str):
+                    raise DataError(path, number, f"{key!r} must be a string, got "
+                                    f"{type(row[key]).__name__}", f"write {key!r} as a JSON string")
+    return first_fmt
+
+
+def _check_chat(row: dict, path, number: int) -> None:
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DataError(path, number, "'messages' must be a non-empty list",
+                        'write "messages": [{"role": "user", ...}, {"role": "assistant", ...}]')
+    if "tools" in row and not isinstance(row["tools"], list):
+        raise DataError(path, number, "'tools' must be a list", "write tools as a JSON list")
+    previous = None
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise DataError(path, number, f"message {i} needs 'role' and 'content'",
+                            'write each message as {"role": ..., "content": ...}')
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise DataError(path, number, f"message {i} has unknown role {role!r}",
+                            f"use one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise DataError(path, number, f"message {i} content must be a string, got "
+                            f"{type(content).__name__}", "write content as a JSON string")
+        allowed = {
+            None: {"system", "user"},
+            "system": {"user"},
+            "user": {"assistant"},
+            "assistant": {"user", "tool"},
+            "tool": {"tool", "assistant"},
+        }[previous]
+        if role not in allowed:
+            after = f"after {previous!r}" if previous else "first"
+            raise DataError(path, number, f"message {i} has role {role!r} {after}: roles out of "
+                            "order", "start with system or user, then alternate user and assistant")
+        previous = role
+    if "assistant" not in {m["role"] for m in messages}:
+        raise DataError(path, number, "chat has no assistant turn",
+                        "end each conversation with the assistant's answer")
+    if previous != "assistant":
+        raise DataError(path, number, f"chat ends with a {previous!r} turn; the trained turn is "
+                        "the last one", "end each conversation with the assistant's answer")
+
+
+def fold_system(row: dict) -> dict:
+    """Move a leading system message into the first user turn (Gemma has no system role)."""
+    messages = row.get("messages")
+    if not messages or messages[0]["role"] != "system":
+        return row
+    system, user, *rest = messages
+    folded = {**user, "content": f"{system['content']}\n\n{user['content']}"}
+    return {**row, "messages": [folded, *rest]}
+
+
+def prompt_key(row: dict, fmt: str) -> str:
+    """What a row is conditioned on; rows sharing it must stay on one side of the split."""
+    if fmt == CHAT:
+        return json.dumps(row["messages"][:-1], sort_keys=True, ensure_ascii=False)
+    if fmt == COMPLETIONS:
+        return row["prompt"]
+    return row["text"]
+
+
+def _mlx_config(mask_prompt: bool) -> SimpleNamespace:
+    return SimpleNamespace(mask_prompt=mask_prompt)
+
+
+def make_dataset(rows: list[dict], tokenizer, mask_prompt: bool):
+    """mlx-lm's own dataset for these rows, cached: exactly what ``trainer.train`` consumes."""
+    from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+
+    if mask_prompt and rows and row_format(rows[0]) == TEXT:
+        raise DataError("<dataset>", None, "mask_prompt needs a prompt, but rows are plain text",
+                        "use chat or prompt/completion rows, or turn mask_prompt off")
+    return CacheDataset(create_dataset(rows, tokenizer, _mlx_config(mask_prompt)))
+
+
+def render(row: dict, fmt: str, tokenizer) -> str:
+    """The full training text of one row, rendered as mlx-lm's dataset renders it."""
+    if fmt == TEXT:
+        return row["text"]
+    if fmt == COMPLETIONS:
+        messages = [{"role": "user", "content": row["prompt"]},
+                    {"role": "assistant", "content": row["completion"]}]
+    else:
+        messages = row["messages"]
+    return tokenizer.apply_chat_template(messages, tools=row.get("tools"), tokenize=False)
+
+
+def token_lengths(texts: list[str], fmt: str, tokenizer, batch_size: int = 1024) -> list[int]:
+    """Token counts of rendered texts, batched through the Rust tokenizer."""
+    backend = tokenizer._tokenizer._tokenizer  # mlx-lm wrapper -> HF fast tokenizer -> Rust
+    # Chat templates already contain their special tokens; plain text gets BOS like encode() does.
+    add_special = fmt == TEXT
+    lengths = []
+    eos = tokenizer.eos_token_id
+    for start in range(0, len(texts), batch_size):
+        for enc in backend.encode_batch(texts[start:start + batch_size],
+                                        add_special_tokens=add_special):
+            n = len(enc.ids)
+            if fmt == TEXT and (n == 0 or enc.ids[-1] != eos):
+                n += 1  # mlx-lm's TextDataset appends EOS
+            lengths.append(n)
+    return lengths
