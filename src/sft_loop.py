@@ -1,0 +1,99 @@
+"""Pieces the train stage hands to mlx-lm's ``trainer.train`` where mlx-lm's own are wrong or
+missing. Each says why.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.tuner.datasets import CacheDataset
+
+
+def masked_loss(model, batch, lengths):
+    """Mean cross-entropy over the trained tokens of each row.
+
+    ``lengths[:, 0]`` is where the trained part starts (the prompt length with mask_prompt) and
+    ``lengths[:, 1]`` the row's length. Target position ``s`` (predicting token ``s``) is trained
+    when ``offset <= s < length``. mlx-lm 0.32.2's ``default_loss`` uses ``s <= length``, which
+    also trains every row to predict padding token 0 after its last token (its PR 1697 was
+    closed unmerged), so this replaces it.
+    """
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = model(inputs)
+    steps = mx.arange(1, targets.shape[1] + 1)
+    mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
+    ce = nn.losses.cross_entropy(logits, targets) * mask
+    ntoks = mask.sum()
+    return ce.astype(mx.float32).sum() / mx.maximum(ntoks, 1), ntoks
+
+
+class BatchIterator:
+    """A drop-in for mlx-lm's ``iterate_batches`` that can start mid-run and covers every row.
+
+    mlx-lm's version draws its epoch order from numpy's global RNG and cannot skip ahead, so a
+    resumed run would see different data; and its evaluation drops the last partial batch. Here
+    the order of epoch ``e`` is a pure function of ``(seed, e)``, ``start_batch`` skips batches
+    already trained on, and evaluation pads the last batch with empty rows that carry no loss.
+    Batching is otherwise mlx-lm's: rows sorted by length, padded to 32k + 1, one batch per step.
+    """
+
+    def __init__(self, seed: int, start_batch: int = 0):
+        self.seed = seed
+        self.start_batch = start_batch
+
+    def epoch_order(self, n_batches: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(n_batches)
+
+    def __call__(self, dataset, batch_size, max_seq_length, loop=False, seed=None,
+                 comm_group=None):
+        rank, world = (comm_group.rank(), comm_group.size()) if comm_group else (0, 1)
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} must be divisible by the {world} workers")
+        if len(dataset) < batch_size and loop:
+            raise ValueError(f"dataset has {len(dataset)} rows, fewer than batch size {batch_size}")
+        lens = dataset.itemlen if isinstance(dataset, CacheDataset) else (
+            lambda i: len(dataset[i][0]))
+        order = sorted(range(len(dataset)), key=lens)
+        if loop:
+            batches = [order[i:i + batch_size]
+                       for i in range(0, len(order) - batch_size + 1, batch_size)]
+        else:
+            batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        local = batch_size // world
+        if not loop:
+            yield from (self._collate(dataset, b[rank::world], local, max_seq_length)
+                        for b in batches)
+            return
+        n = len(batches)
+        epoch, skip = divmod(self.start_batch, n)
+        while True:
+            for i in self.epoch_order(n, epoch)[skip:]:
+                yield self._collate(dataset, batches[i][rank::world], local, max_seq_length)
+            epoch, skip = epoch + 1, 0
+
+    @staticmethod
+    def _collate(dataset, idx, rows, max_seq_length):
+        items = [dataset[j] for j in idx]
+        seqs = [it[0] if isinstance(it, tuple) else it for it in items]
+        offsets = [it[1] if isinstance(it, tuple) else 0 for it in items]
+        longest = max((len(s) for s in seqs), default=1)
+        width = min(1 + 32 * math.ceil(longest / 32), max_seq_length)
+        arr = np.zeros((rows, width), np.int32)
+        info = np.zeros((rows, 2), np.int32)  # missing rows: offset 0, length 0 -> no loss
+        for j, (seq, off) in enumerate(zip(seqs, offsets, strict=True)):
+            n = min(len(seq), max_seq_length)
+            arr[j, :n] = seq[:n]
+            info[j] = (off, n)
+        return mx.array(arr), mx.array(info)
+
+
+def evaluate_full(model, dataset, batch_size: int, max_seq_length: int) -> float:
+    """Token-weighted mean loss over the whole dataset (mlx-lm's ``evaluate``, every batch)."""
+    from mlx_lm.tuner.trainer import evaluate
+
+    it = BatchIterator(seed=0)
+    return evaluate(model, dataset, batch_size=batch_size, num_batches=-1,
+                    max_seq_length=max_seq_length, loss=masked_loss, iterate_batches=it)
