@@ -1,0 +1,285 @@
+"""fuse stage: merge the LoRA adapter into the base and prove the merged model is right.
+
+Recipe steps 4-5. Reads the base model and ``checkpoints/sft_adapter``; writes
+``checkpoints/sft_merged_model`` (Hugging Face layout, tokenizer and chat template included),
+``metrics/fuse.json`` and a few greedy judgements in ``metrics/fuse_generations.md``.
+
+Which base: a QLoRA adapter was trained against the *quantized* base, so it is fused into the
+dequantized 4-bit weights (``--fuse-into quantized``, the default): that reproduces the trained
+model. Fusing into the original full-precision weights (``--fuse-into original``) gives a
+different model; the stage measures that alternative's validation perplexity too
+(``valid_ppl_fused_into_original``) so the choice is visible in ``dvc metrics``.
+
+Output precision: the base's own dtype by default (the reference model for PPO / GRPO);
+``--keep-quantized`` re-quantizes the fused weights.
+
+Verification, before anything is written: on validation prompts the fused model must match base +
+adapter (max |logit difference| and perplexity within tolerance) and must be much closer to it
+than the base without adapter is. Otherwise the stage fails and leaves no model behind; this is
+what catches mlx-lm issue 1172 (a fuse into a quantized base that silently drops the adapter).
+
+Params: ``model.path``, ``fuse.*``, ``train.max_seq_length``.
+
+    uv run python -m src.fuse_model --model google/gemma-2b-it \\
+        --adapter-path checkpoints/sft_adapter --save-path checkpoints/sft_merged_model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base_model import load_base
+from .runtime import DataError, StageError, atomic_path, run_main, write_json
+from .sft_data import make_dataset, read_jsonl, validate_rows
+
+MARKER = "fuse_info.json"  # written into every model this stage saves
+
+
+@dataclass
+class FuseConfig:
+    model: str = "checkpoints/base_model"
+    adapter_path: Path = Path("checkpoints/sft_adapter")
+    save_path: Path = Path("checkpoints/sft_merged_model")
+    valid_data: Path = Path("data/processed/sft/sft_valid.jsonl")
+    train_metrics: Path | None = Path("metrics/train.json")
+    generations_out: Path = Path("metrics/fuse_generations.md")
+    fuse_into: str = "quantized"
+    keep_quantized: bool = False
+    verify_rows: int = 64
+    n_generations: int = 3
+    max_tokens: int = 48
+    batch_size: int = 8
+    logit_atol: float | None = None  # default by dtype, see _tolerances
+    ppl_rtol: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fuse_into not in ("quantized", "original"):
+            raise StageError(f"--fuse-into must be 'quantized' or 'original', got {self.fuse_into!r}.")
+        if self.verify_rows < 1:
+            raise StageError(f"--verify-rows must be >= 1, got {self.verify_rows}.")
+
+
+def _tolerances(dtype, cfg: FuseConfig) -> tuple[float, float]:
+    """fp32 fuses agree to rounding; 16-bit weights round the merged sum once more."""
+    import mlx.core as mx
+
+    wide = dtype == mx.float32
+    atol = cfg.logit_atol if cfg.logit_atol is not None else (1e-3 if wide else 0.25)
+    rtol = cfg.ppl_rtol if cfg.ppl_rtol is not None else (1e-4 if wide else 2e-2)
+    return atol, rtol
+
+
+def _read_adapter(path: Path) -> dict:
+    cfg_file, weights = path / "adapter_config.json", path / "adapters.safetensors"
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise StageError(f"adapter file {f} not found. Fix: run the train stage first "
+                             "(`dvc repro train`) or point --adapter-path at its output.")
+    config = json.loads(cfg_file.read_text())
+    for key in ("num_layers", "lora_parameters"):
+        if key not in config:
+            raise DataError(cfg_file, None, f"missing key {key!r}",
+                            "use an adapter_config.json written by the train stage or mlx-lm")
+    return config
+
+
+def _check_save_path(path: Path) -> None:
+    if path.exists() and any(path.iterdir()) and not (path / MARKER).is_file():
+        raise StageError(f"{path} holds files this stage did not write. Fix: choose another "
+                         "--save-path or move those files away; nothing was overwritten.")
+
+
+def _with_adapter(model, adapter_path: Path):
+    from mlx_lm.tuner.utils import load_adapters
+
+    try:
+        return load_adapters(model, str(adapter_path))
+    except ValueError as err:
+        raise StageError(f"the adapter in {adapter_path} does not fit this base model: {err}. "
+                         "Fix: fuse with the --model the adapter was trained on.") from None
+
+
+def _logits(model, batches) -> list:
+    import mlx.core as mx
+
+    out = []
+    for batch, lengths in batches:
+        logits = model(batch[:, :-1]).astype(mx.float32)
+        mx.eval(logits)
+        out.append((logits, lengths))
+    return out
+
+
+def _max_diff(a: list, b: list) -> float:
+    import mlx.core as mx
+
+    worst = 0.0
+    for (la, lengths), (lb, _) in zip(a, b, strict=True):
+        valid = mx.arange(la.shape[1])[None, :] < (lengths[:, 1:] - 1)
+        diff = mx.abs(la - lb).max(axis=-1) * valid
+        worst = max(worst, diff.max().item())
+    return worst
+
+
+def _generate(model, tokenizer, rows: list[dict], n: int, max_tokens: int) -> str:
+    from mlx_lm import generate
+
+    parts = ["# Greedy judgements of the fused model on validation prompts\n"]
+    for i, row in enumerate(rows[:n], start=1):
+        messages = row["messages"][:-1] if "messages" in row else [
+            {"role": "user", "content": row.get("prompt", row.get("text", ""))}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = generate(model, tokenizer, prompt, max_tokens=max_tokens, verbose=False)
+        reference = row["messages"][-1]["content"] if "messages" in row else row.get("completion", "")
+        parts.append(f"## Example {i}\n\n**Prompt**\n\n```\n{messages[-1]['content']}\n```\n\n"
+                     f"**Fused model (greedy, {max_tokens} tokens max)**\n\n```\n{text}\n```\n\n"
+                     f"**Reference**\n\n```\n{reference}\n```\n")
+    return "\n".join(parts)
+
+
+def run(cfg: FuseConfig) -> dict:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx_lm.utils import dequantize_model, save
+
+    from .sft_loop import BatchIterator, evaluate_full
+
+    adapter = _read_adapter(cfg.adapter_path)
+    _check_save_path(cfg.save_path)
+    quant = adapter.get("base_quantization") or {}
+    bits = quant.get("bits", 0) if cfg.fuse_into == "quantized" else 0
+    group = quant.get("group_size", 64)
+    mask_prompt = bool(adapter.get("mask_prompt", False))
+    max_len = int(adapter.get("max_seq_length", 2048))
+
+    rows = [r for _, r in read_jsonl(cfg.valid_data)]
+    validate_rows(list(enumerate(rows, 1)), cfg.valid_data)
+
+    # Reference: base + adapter (unfused), exactly as trained. Base: the same without adapter.
+    base, tokenizer, config, info = load_base(cfg.model, bits, group, "dequantized")
+    ref, *_ = load_base(cfg.model, bits, group, "dequantized")
+    ref = _with_adapter(ref, cfg.adapter_path)
+    dtype = base.model.embed_tokens.weight.dtype
+    atol, rtol = _tolerances(dtype, cfg)
+
+    verify_set = make_dataset(rows[: cfg.verify_rows], tokenizer, mask_prompt)
+    full_set = make_dataset(rows, tokenizer, mask_prompt)
+    batches = list(BatchIterator(0)(verify_set, cfg.batch_size, max_len))
+    ref_logits = _logits(ref, batches)
+    ref_ppl = math.exp(evaluate_full(ref, verify_set, cfg.batch_size, max_len))
+    base_diff = _max_diff(_logits(base, batches), ref_logits)
+
+    fused = ref
+    fused.update_modules(tree_unflatten([
+        (name, m.fuse(dequantize=not cfg.keep_quantized))
+        for name, m in fused.named_modules() if hasattr(m, "fuse")]))
+    if cfg.keep_quantized and bits:
+        from mlx_lm.utils import quantize_model
+
+        fused, config = quantize_model(fused, {k: v for k, v in config.items() if "quantiz" not in k},
+                                       group, bits)
+    else:
+        fused = dequantize_model(fused)
+        config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    fused.eval()
+    fused_diff = _max_diff(_logits(fused, batches), ref_logits)
+    fused_verify_ppl = math.exp(evaluate_full(fused, verify_set, cfg.batch_size, max_len))
+
+    problems = []
+    if fused_diff > atol:
+        problems.append(f"max |logit difference| to base + adapter is {fused_diff:.3g} > {atol:g}")
+    if abs(fused_verify_ppl / ref_ppl - 1) > rtol:
+        problems.append(f"perplexity {fused_verify_ppl:.4f} vs {ref_ppl:.4f} for base + adapter "
+                        f"(relative tolerance {rtol:g})")
+    if base_diff > 0 and fused_diff > 0.5 * base_diff:
+        problems.append(f"the fused model is as far from base + adapter ({fused_diff:.3g}) as the "
+                        f"base without adapter is ({base_diff:.3g}): the adapter was lost")
+    if problems:
+        hint = (" Fusing into a quantized base re-rounds the merged weights (mlx-lm issue 1172); "
+                "drop --keep-quantized." if cfg.keep_quantized else "")
+        raise StageError("fused model failed verification, nothing saved: "
+                         + "; ".join(problems) + "." + hint)
+    if base_diff == 0:
+        print("WARNING: the adapter changes nothing (base and base + adapter give identical "
+              "logits); was it trained?", file=sys.stderr)
+
+    valid_ppl = math.exp(evaluate_full(fused, full_set, cfg.batch_size, max_len))
+
+    # The road not taken: the adapter fused into the original full-precision weights.
+    alt_ppl = None
+    if bits:
+        alt, *_ = load_base(cfg.model, 0, group, "dequantized")
+        alt = _with_adapter(alt, cfg.adapter_path)
+        alt_ppl = math.exp(evaluate_full(alt, full_set, cfg.batch_size, max_len))
+
+    samples = _generate(fused, tokenizer, rows, cfg.n_generations, cfg.max_tokens)
+    with atomic_path(cfg.save_path, is_dir=True) as tmp:
+        save(tmp, info["path"], fused, tokenizer, config, donate_model=False)
+        write_json(tmp / MARKER, {"adapter_path": str(cfg.adapter_path), "base": cfg.model,
+                                  "fuse_into": cfg.fuse_into, "keep_quantized": cfg.keep_quantized,
+                                  "max_logit_diff": fused_diff})
+        size = sum(f.stat().st_size for f in tmp.iterdir() if f.suffix == ".safetensors")
+    with atomic_path(cfg.generations_out) as tmp:
+        tmp.write_text(samples, encoding="utf-8")
+
+    metrics = {
+        "max_logit_diff": fused_diff,
+        "max_logit_diff_base": base_diff,
+        "valid_ppl_reference_subset": round(ref_ppl, 6),
+        "valid_ppl_fused_subset": round(fused_verify_ppl, 6),
+        "valid_ppl": round(valid_ppl, 6),
+        "n_params": int(sum(v.size for _, v in tree_flatten(fused.parameters()))),
+        "size_mb": round(size / 1e6, 3),
+    }
+    if alt_ppl is not None:
+        metrics["valid_ppl_fused_into_original"] = round(alt_ppl, 6)
+    if cfg.train_metrics and Path(cfg.train_metrics).is_file():
+        train_ppl = json.loads(Path(cfg.train_metrics).read_text()).get("valid_ppl")
+        if train_ppl is not None:
+            metrics["valid_ppl_diff_vs_train"] = round(valid_ppl - train_ppl, 6)
+    return metrics
+
+
+def _bool(text: str) -> bool:
+    return str(text).strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = FuseConfig()
+    p = argparse.ArgumentParser(prog="python -m src.fuse_model", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--adapter-path", type=Path, default=d.adapter_path)
+    p.add_argument("--save-path", type=Path, default=d.save_path)
+    p.add_argument("--valid-data", type=Path, default=d.valid_data)
+    p.add_argument("--train-metrics", type=Path, default=d.train_metrics)
+    p.add_argument("--generations-out", type=Path, default=d.generations_out)
+    p.add_argument("--fuse-into", choices=("quantized", "original"), default=d.fuse_into)
+    p.add_argument("--keep-quantized", type=_bool, nargs="?", const=True, default=d.keep_quantized)
+    p.add_argument("--verify-rows", type=int, default=d.verify_rows)
+    p.add_argument("--n-generations", type=int, default=d.n_generations)
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--logit-atol", type=float, default=None)
+    p.add_argument("--ppl-rtol", type=float, default=None)
+    p.add_argument("--metrics", type=Path, default=Path("metrics/fuse.json"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    metrics_path = args.pop("metrics")
+    try:
+        cfg = FuseConfig(**args)
+    except StageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run_main(lambda: run(cfg), metrics_path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
