@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base_model import load_base
-from .runtime import DataError, StageError, atomic_path, run_main, write_json
+from .runtime import DataError, StageError, add_bool_flag, atomic_path, run_main, write_json
 from .sft_data import make_dataset, read_jsonl, validate_rows
 
 MARKER = "fuse_info.json"  # written into every model this stage saves
@@ -143,7 +143,6 @@ def _generate(model, tokenizer, rows: list[dict], n: int, max_tokens: int) -> st
 
 
 def run(cfg: FuseConfig) -> dict:
-    import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.utils import dequantize_model, save
 
@@ -245,10 +244,6 @@ def run(cfg: FuseConfig) -> dict:
     return metrics
 
 
-def _bool(text: str) -> bool:
-    return str(text).strip().lower() in ("1", "true", "yes", "on")
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = FuseConfig()
     p = argparse.ArgumentParser(prog="python -m src.fuse_model", description=__doc__.split("\n")[0])
@@ -259,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-metrics", type=Path, default=d.train_metrics)
     p.add_argument("--generations-out", type=Path, default=d.generations_out)
     p.add_argument("--fuse-into", choices=("quantized", "original"), default=d.fuse_into)
-    p.add_argument("--keep-quantized", type=_bool, nargs="?", const=True, default=d.keep_quantized)
+    add_bool_flag(p, "--keep-quantized", d.keep_quantized)
     p.add_argument("--verify-rows", type=int, default=d.verify_rows)
     p.add_argument("--n-generations", type=int, default=d.n_generations)
     p.add_argument("--max-tokens", type=int, default=d.max_tokens)

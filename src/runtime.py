@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -106,3 +107,19 @@ def check_range(name: str, value: float, low: float | None = None, high: float |
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]" if low is not None else f"<= {high}"
         raise StageError(f"{name} must be {bounds}, got {value}.{' ' + hint if hint else ''}")
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_bool_flag(parser: argparse.ArgumentParser, flag: str, default: bool, help: str = "") -> None:
+    """``--flag`` alone means true (the recipe's style); ``--flag false`` is what params.yaml
+    renders through dvc.yaml's ``${...}``."""
+    parser.add_argument(flag, type=parse_bool, nargs="?", const=True, default=default,
+                        metavar="BOOL", help=help)

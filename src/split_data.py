@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .model_source import load_tokenizer
-from .runtime import DataError, StageError, atomic_path, check_range, run_main
+from .runtime import DataError, StageError, add_bool_flag, atomic_path, check_range, run_main
 from .sft_data import (
     CHAT,
     fold_system,
@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=int, default=d.max_seq_length)
     p.add_argument("--valid-size", type=int, default=d.valid_size)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--fold-system", action=argparse.BooleanOptionalAction, default=d.fold_system,
-                   help="fold a leading system message into the first user turn")
+    add_bool_flag(p, "--fold-system", d.fold_system,
+                  "fold a leading system message into the first user turn")
     p.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
     return p
 

@@ -42,7 +42,15 @@ from pathlib import Path
 
 from .base_model import QLORA_COMPUTE, load_base
 from .blas import blas_report, warn_if_slow_blas
-from .runtime import StageError, atomic_path, check_range, is_rank0, run_main, write_json
+from .runtime import (
+    StageError,
+    add_bool_flag,
+    atomic_path,
+    check_range,
+    is_rank0,
+    run_main,
+    write_json,
+)
 from .sft_data import make_dataset, read_jsonl, validate_rows
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
@@ -491,15 +499,6 @@ def run(cfg: TrainConfig) -> dict:
     }
 
 
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m src.train_sft", description=__doc__.split("\n")[0])
@@ -508,8 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(d, f.name)
         if types[f.name] in ("bool", bool):
-            # `--mask-prompt` alone (the recipe) or `--mask-prompt false` (params.yaml)
-            p.add_argument(flag, type=_bool, nargs="?", const=True, default=default)
+            add_bool_flag(p, flag, default)
         elif f.name in ("train_data", "valid_data", "adapter_path", "curves_dir"):
             p.add_argument(flag, type=Path, default=default)
         elif f.name == "state_dir":
