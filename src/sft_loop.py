@@ -9,7 +9,6 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.tuner.datasets import CacheDataset
 
 
 def masked_loss(model, batch, lengths):
@@ -54,9 +53,9 @@ class BatchIterator:
             raise ValueError(f"batch size {batch_size} must be divisible by the {world} workers")
         if len(dataset) < batch_size and loop:
             raise ValueError(f"dataset has {len(dataset)} rows, fewer than batch size {batch_size}")
-        lens = dataset.itemlen if isinstance(dataset, CacheDataset) else (
-            lambda i: len(dataset[i][0]))
-        order = sorted(range(len(dataset)), key=lens)
+        # Sort by token length. (mlx-lm sorts a CacheDataset by ``itemlen``, which is the number
+        # of keys in the raw row, not its token count, so its batches are not length-sorted.)
+        order = sorted(range(len(dataset)), key=lambda i: len(_tokens(dataset[i])))
         if loop:
             batches = [order[i:i + batch_size]
                        for i in range(0, len(order) - batch_size + 1, batch_size)]
@@ -77,7 +76,7 @@ class BatchIterator:
     @staticmethod
     def _collate(dataset, idx, rows, max_seq_length):
         items = [dataset[j] for j in idx]
-        seqs = [it[0] if isinstance(it, tuple) else it for it in items]
+        seqs = [_tokens(it) for it in items]
         offsets = [it[1] if isinstance(it, tuple) else 0 for it in items]
         longest = max((len(s) for s in seqs), default=1)
         width = min(1 + 32 * math.ceil(longest / 32), max_seq_length)
@@ -88,6 +87,10 @@ class BatchIterator:
             arr[j, :n] = seq[:n]
             info[j] = (off, n)
         return mx.array(arr), mx.array(info)
+
+
+def _tokens(item):
+    return item[0] if isinstance(item, tuple) else item
 
 
 def evaluate_full(model, dataset, batch_size: int, max_seq_length: int) -> float:

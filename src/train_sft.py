@@ -130,6 +130,16 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def rng_seed(seed: int, iteration: int) -> int:
+    """The RNG seed from ``iteration`` on (reseeded at each optimizer update).
+
+    MLX cannot set its global RNG key from a saved value (``mx.random.state`` is read-only), so
+    dropout randomness is made a pure function of (seed, iteration) instead: a resumed run draws
+    exactly what the uninterrupted run drew.
+    """
+    return (seed * 1_000_003 + iteration) % 2**31
+
+
 class NonFiniteLoss(Exception):
     pass
 
@@ -262,7 +272,9 @@ def _adapter_config(cfg: TrainConfig, base: dict) -> dict:
 
 class Checkpoints:
     """Full training state every ``steps_per_save`` iterations, newest two kept, written
-    atomically: adapter weights, optimizer state, RNG key, iteration and curves so far."""
+    atomically: adapter weights, optimizer state (moments, step, learning rate), iteration and
+    curves so far. The RNG needs no file: it is reseeded at every optimizer update from
+    ``(seed, iteration)`` (see ``rng_seed``), and the data position follows from the iteration."""
 
     def __init__(self, root: Path, fingerprint: str):
         self.root, self.fingerprint = Path(root), fingerprint
@@ -280,7 +292,6 @@ class Checkpoints:
                                 dict(tree_flatten(model.trainable_parameters())))
             mx.save_safetensors(str(tmp / "optimizer.safetensors"),
                                 dict(tree_flatten(optimizer.state)))
-            mx.save_safetensors(str(tmp / "rng.safetensors"), {"key": mx.random.state[0]})
             (tmp / "state.json").write_text(json.dumps(
                 {**meta, "iteration": it, "fingerprint": self.fingerprint}, indent=1))
         for old in sorted(self.root.glob("iter_*"))[:-2]:
@@ -305,7 +316,6 @@ class Checkpoints:
         if set(saved) != {k for k, _ in tree_flatten(optimizer.state)}:
             raise StageError(f"--resume: optimizer state in {ckpt} does not match the model.")
         optimizer.state = tree_map_with_path(lambda path, _: saved[path], optimizer.state)
-        mx.random.state[0] = mx.load(str(ckpt / "rng.safetensors"))["key"]
         return meta
 
 
@@ -416,6 +426,8 @@ def run(cfg: TrainConfig) -> dict:
             state["trained_tokens"] += tokens
             state["train_seconds"] += seconds
             progress.step(it, loss, tokens / seconds)
+            if it % cfg.grad_accum == 0:
+                mx.random.seed(rng_seed(cfg.seed, it))
             if it % cfg.steps_per_report == 0 or it == cfg.iters:
                 mean = window["loss"] / window["steps"]
                 tok_s = window["tokens"] / window["seconds"]
@@ -448,6 +460,7 @@ def run(cfg: TrainConfig) -> dict:
     )
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     mx.reset_peak_memory()
+    mx.random.seed(rng_seed(cfg.seed, start))
     model.train()
     try:
         with _mlx_trainer_patched(model):

@@ -1,0 +1,87 @@
+"""The embedded default: deterministic sample data and tiny Gemma, loadable by mlx-lm."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, defaultdict
+
+from src.genrm_sample import dumps, generate_rows
+from src.prepare_model import PrepareModelConfig
+from src.prepare_model import run as prepare_model
+
+
+def _digest(directory) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_sample_data_is_deterministic():
+    a = "".join(dumps(r) for r in generate_rows(500, seed=3))
+    b = "".join(dumps(r) for r in generate_rows(500, seed=3))
+    c = "".join(dumps(r) for r in generate_rows(500, seed=4))
+    assert a == b
+    assert a != c
+
+
+def _truth(row) -> bool:
+    """Recompute the ground truth from the user turn for the verifiable task kinds."""
+    user = row["messages"][0]["content"]
+    task = re.search(r"Task: (.*?)\n\nResponse: (.*?)\n\n", user, re.S)
+    question, response = task.group(1), task.group(2)
+    if m := re.fullmatch(r"Compute (\d+) ([-+*]) (\d+)\.", question):
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        return int(response) == {"+": a + b, "-": a - b, "*": a * b}[op]
+    if m := re.fullmatch(r"Sort in (\w+) order: (.*)\.", question):
+        nums = [int(x) for x in m.group(2).split(", ")]
+        return [int(x) for x in response.split(", ")] == sorted(nums, reverse=m.group(1) == "descending")
+    if m := re.fullmatch(r"Reverse the string '(\w+)'\.", question):
+        return response == m.group(1)[::-1]
+    return None
+
+
+def test_sample_data_labels_match_ground_truth_and_mix():
+    rows = list(generate_rows(3000, seed=0))
+    checked = 0
+    for row in rows:
+        truth = _truth(row)
+        if truth is not None:
+            assert truth == bool(row["metadata"]["label"]), row
+            checked += 1
+        score = int(re.search(r"Score: (\d+)/10$", row["messages"][1]["content"]).group(1))
+        assert score == row["metadata"]["score"]
+        assert (score >= 8) == bool(row["metadata"]["label"])
+    assert checked > 1000
+    labels = Counter(r["metadata"]["label"] for r in rows)
+    assert abs(labels[0] - labels[1]) < 0.05 * len(rows)
+    per_task = defaultdict(set)
+    for r in rows:
+        per_task[r["metadata"]["task_id"]].add(r["metadata"]["label"])
+    assert sum(len(v) == 2 for v in per_task.values()) > 200  # pairs for pairwise accuracy
+    assert len({dumps(r) for r in rows}) < len(rows)  # some exact duplicates for the split
+    assert sum(len(r["messages"][0]["content"]) > 4000 for r in rows) >= 20  # long rows
+
+
+def test_embedded_model_is_deterministic_and_loads(tmp_path):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    metrics = prepare_model(PrepareModelConfig(out=a))
+    prepare_model(PrepareModelConfig(out=b))
+    assert _digest(a) == _digest(b)
+    assert metrics["num_hidden_layers"] == 18  # like gemma-2b-it, so lora_layers 16 applies
+
+    import json
+
+    from mlx_lm import generate, load
+
+    config = json.loads((a / "config.json").read_text())
+    assert config["model_type"] == "gemma"
+    model, tokenizer = load(str(a))
+    assert len(model.layers) == 18
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Compute 2 + 3."}],
+                                           add_generation_prompt=True, tokenize=False)
+    assert prompt == "<bos><start_of_turn>user\nCompute 2 + 3.<end_of_turn>\n<start_of_turn>model\n"
+    text = generate(model, tokenizer, prompt, max_tokens=5, verbose=False)
+    assert isinstance(text, str) and len(text) > 0
+    # generation stops at <end_of_turn>, as gemma-2b-it's does
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in tokenizer.eos_token_ids

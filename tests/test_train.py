@@ -1,0 +1,238 @@
+"""train stage on a tiny model: loss mask, iteration semantics, resume after a kill, guards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from conftest import ROOT, write_jsonl
+
+from src.model_source import load_tokenizer
+from src.sft_data import make_dataset
+from src.sft_loop import BatchIterator, masked_loss
+from src.train_sft import main
+
+
+def _args(tmp_path, model, train, valid, **extra) -> list[str]:
+    base = {"model": model, "train_data": train, "valid_data": valid,
+            "adapter_path": tmp_path / "adapter", "curves_dir": tmp_path / "curves",
+            "metrics": tmp_path / "train.json", "iters": 8, "batch_size": 4, "grad_accum": 2,
+            "lora_layers": 2, "rank": 4, "learning_rate": 1e-3, "warmup_steps": 1,
+            "steps_per_report": 2, "steps_per_eval": 4, "steps_per_save": 4,
+            "mask_prompt": True, "seed": 0}
+    base.update(extra)
+    return [x for k, v in base.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def test_mask_trains_exactly_the_assistant_turn(tiny_model, genrm_rows):
+    tok = load_tokenizer(str(tiny_model))
+    rows = genrm_rows[:4]
+    ds = make_dataset(rows, tok, mask_prompt=True)
+    batch, lengths = next(BatchIterator(0)(ds, 4, 2048))
+    vocab = 512
+    logits = mx.random.normal((*batch[:, :-1].shape, vocab), key=mx.random.key(0))
+    loss, ntoks = masked_loss(lambda x: logits, batch, lengths)
+
+    b, ln = np.array(batch), np.array(lengths)
+    logp = np.array(logits) - np.log(np.exp(np.array(logits)).sum(-1, keepdims=True))
+    total, count = 0.0, 0
+    by_len = sorted(range(len(rows)), key=lambda i: len(ds[i][0]))  # the iterator sorts by length
+    for j, (offset, length) in enumerate(ln):
+        trained = list(range(offset, length))  # indices of target tokens
+        for t in trained:
+            total -= logp[j, t - 1, b[j, t]]
+        count += len(trained)
+        text = tok.decode(b[j, offset:length].tolist())
+        content = rows[by_len[j]]["messages"][1]["content"]
+        # The assistant's words and its end-of-turn, nothing of the prompt or the model header,
+        # nothing past the row's end.
+        assert text == content + "<end_of_turn>\n"
+        assert "<start_of_turn>model" in tok.decode(b[j, :offset].tolist())
+        assert length == len(ds[by_len[j]][0]) and (b[j, length:] == 0).all()
+    assert int(ntoks) == count
+    assert float(loss) == pytest.approx(total / count, rel=1e-5)
+
+    # mlx-lm 0.32.2's default_loss counts one padding target per row (its PR 1697, unmerged).
+    from mlx_lm.tuner.trainer import default_loss
+
+    _, upstream = default_loss(lambda x: logits, batch, lengths)
+    assert int(upstream) == count + len(rows)
+
+
+def test_batches_resume_at_the_same_data_position(tiny_model, genrm_rows):
+    tok = load_tokenizer(str(tiny_model))
+    ds = make_dataset(genrm_rows[:40], tok, mask_prompt=True)
+    full = BatchIterator(7)(ds, 4, 2048, loop=True)
+    seq = [np.array(next(full)[0]) for _ in range(25)]  # 2.5 epochs of 10 batches
+    resumed = BatchIterator(7, start_batch=13)(ds, 4, 2048, loop=True)
+    for expected in seq[13:]:
+        got = np.array(next(resumed)[0])
+        assert np.array_equal(got, expected)
+    # evaluation covers every row, the last partial batch padded with empty rows
+    ds_odd = make_dataset(genrm_rows[:10], tok, mask_prompt=True)
+    batches = list(BatchIterator(0)(ds_odd, 4, 2048))
+    assert len(batches) == 3 and int(np.array(batches[-1][1])[:, 1].astype(bool).sum()) == 2
+
+
+def test_recipe_flags_train_and_write_outputs(tmp_path, tiny_model, splits):
+    train, valid = splits
+    args = ["--model", str(tiny_model), "--train-data", str(train), "--valid-data", str(valid),
+            "--iters", "8", "--batch-size", "4", "--grad-accum", "4", "--lora-layers", "2",
+            "--rank", "16", "--learning-rate", "2e-4", "--warmup-steps", "1",
+            "--max-seq-length", "2048", "--adapter-path", str(tmp_path / "adapter"),
+            "--mask-prompt", "--grad-checkpoint",
+            "--curves-dir", str(tmp_path / "curves"), "--metrics", str(tmp_path / "train.json"),
+            "--steps-per-report", "4", "--steps-per-eval", "4", "--steps-per-save", "4"]
+    assert main(args) == 0
+    m = json.loads((tmp_path / "train.json").read_text())
+    assert m["iterations"] == 8 and m["optimizer_updates"] == 2
+    assert m["n_valid"] == 40 and m["trained_tokens"] > 0
+    for key in ("valid_loss_initial", "valid_ppl", "best_valid_ppl", "tokens_per_sec",
+                "peak_memory_gb", "wall_seconds", "train_loss"):
+        assert key in m
+    adapter = tmp_path / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["lora_parameters"]["rank"] == 16 and config["base_quantization"]["bits"] == 4
+    assert (adapter / "best" / "adapters.safetensors").is_file()
+    info = json.loads((adapter / "run_info.json").read_text())
+    assert info["versions"]["mlx-lm"] and info["blas"] and info["base"]["quantized_base"]
+
+    # The learning rate warms up over optimizer updates, not iterations.
+    curve = (tmp_path / "curves" / "train.csv").read_text().splitlines()
+    assert curve[0] == "iteration,update,train_loss,learning_rate,tokens_per_sec"
+    assert [r.split(",")[1] for r in curve[1:]] == ["1", "2"]
+    valid_curve = (tmp_path / "curves" / "valid.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in valid_curve[1:]] == ["0", "4", "8"]
+
+    from mlx_lm import load
+
+    model, _ = load(str(tiny_model), adapter_path=str(adapter))  # mlx-lm reads our adapter
+    assert any("lora_a" in k for k, _ in __import__("mlx.utils").utils.tree_flatten(model.parameters()))
+
+
+def _train_cmd(tmp_path, model, train, valid, tag, **extra) -> list[str]:
+    args = _args(tmp_path, model, train, valid, iters=48, dropout=0.1, steps_per_eval=16,
+                 adapter_path=tmp_path / tag / "adapter", state_dir=tmp_path / tag / "state",
+                 curves_dir=tmp_path / tag / "curves", metrics=tmp_path / tag / "train.json",
+                 **extra)
+    return [sys.executable, "-m", "src.train_sft", *args]
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits):
+    train, valid = splits
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(_train_cmd(tmp_path, tiny_model, train, valid, "a"), cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(tmp_path, tiny_model, train, valid, "b"), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "b" / "state" / "iter_0000012" / "state.json"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run never reached its checkpoint"
+    assert not (tmp_path / "b" / "adapter").exists(), "killed too late: the run had finished"
+
+    done = subprocess.run(_train_cmd(tmp_path, tiny_model, train, valid, "b", resume="true"),
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from iteration" in done.stdout
+    a = mx.load(str(tmp_path / "a" / "adapter" / "adapters.safetensors"))
+    b = mx.load(str(tmp_path / "b" / "adapter" / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:  # bitwise: same ops, same order, same inputs on the CPU
+        assert np.array_equal(np.array(a[k]), np.array(b[k])), k
+    ma = json.loads((tmp_path / "a" / "train.json").read_text())
+    mb = json.loads((tmp_path / "b" / "train.json").read_text())
+    assert ma["valid_loss"] == mb["valid_loss"] and ma["train_loss"] == mb["train_loss"]
+    ca = (tmp_path / "a" / "curves" / "valid.csv").read_text()
+    assert ca == (tmp_path / "b" / "curves" / "valid.csv").read_text()
+
+
+def test_resume_refuses_other_settings(tmp_path, tiny_model, splits, capsys):
+    train, valid = splits
+    assert main(_args(tmp_path, tiny_model, train, valid)) == 0
+    assert main(_args(tmp_path, tiny_model, train, valid, rank=8, resume="true")) == 1
+    assert "fingerprint mismatch" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path, tiny_model, genrm_rows,
+                                                            monkeypatch, capsys):
+    import src.sft_loop as loop
+
+    rows = genrm_rows[:40]
+    poisoned = {**rows[0], "messages": [rows[0]["messages"][0],
+                                        {"role": "assistant", "content": "<unk> Score: 1/10"}]}
+    train = write_jsonl(tmp_path / "train.jsonl", rows[1:] + [poisoned])
+    valid = write_jsonl(tmp_path / "valid.jsonl", genrm_rows[200:220])
+    unk = load_tokenizer(str(tiny_model)).convert_tokens_to_ids("<unk>")
+
+    def poisoned_loss(model, batch, lengths):
+        loss, ntoks = masked_loss(model, batch, lengths)
+        return mx.where((batch == unk).any(), mx.array(float("nan")), loss), ntoks
+
+    monkeypatch.setattr(loop, "masked_loss", poisoned_loss)
+    code = main(_args(tmp_path, tiny_model, train, valid, iters=40, steps_per_save=2))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "NaN or infinite at iteration" in err and "Traceback" not in err
+    bad_iter = int(err.split("at iteration ")[1].split(";")[0])
+    kept = sorted((tmp_path / "adapter_state").glob("iter_*"))
+    if bad_iter > 2:
+        assert kept and int(kept[-1].name[5:]) < bad_iter
+        weights = mx.load(str(kept[-1] / "adapters.safetensors"))
+        assert all(np.isfinite(np.array(v)).all() for v in weights.values())
+    assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"lora_layers": 5}, "--lora-layers 5 exceeds the model's 2 layers"),
+    ({"batch_size": 64}, "fewer than --batch-size 64"),
+    ({"learning_rate": -1}, "--learning-rate must be in [0.0, 1.0]"),
+    ({"iters": 7}, "must be a multiple of --grad-accum"),
+    ({"iters": 0}, "--iters must be >= 1"),
+    ({"optimizer": "lion"}, "--optimizer must be one of"),
+    ({"model": "checkpoints/no-such-model"}, "does not exist"),
+])
+def test_bad_settings_fail_clearly(tmp_path, tiny_model, splits, capsys, extra, message):
+    train, valid = splits
+    model = extra.pop("model", tiny_model)  # cwd is the repo root: checkpoints/ exists
+    code = main(_args(tmp_path, model, train, valid, **extra))
+    err = capsys.readouterr().err
+    assert code in (1, 2) and message in err and "Traceback" not in err
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_plain_lora_without_quantization(tmp_path, tiny_model, splits):
+    train, valid = splits
+    assert main(_args(tmp_path, tiny_model, train, valid, bits=0)) == 0
+    info = json.loads((tmp_path / "adapter" / "run_info.json").read_text())
+    assert info["base"]["quantized_base"] is False
+    m = json.loads((tmp_path / "train.json").read_text())
+    assert m["valid_loss"] < m["valid_loss_initial"]
+
+
+def test_quantized_compute_path_matches_dequantized(tmp_path, tiny_model, splits):
+    """QLoRA through quantized matmuls and through dequantized weights train the same model."""
+    train, valid = splits
+    out = {}
+    for mode in ("quantized", "dequantized"):
+        d = tmp_path / mode
+        assert main(_args(d, tiny_model, train, valid, qlora_compute=mode, iters=4)) == 0
+        out[mode] = json.loads((d / "train.json").read_text())
+    q, d = out["quantized"], out["dequantized"]
+    # Before training both see the same 4-bit weights: equal up to float rounding.
+    assert q["valid_loss_initial"] == pytest.approx(d["valid_loss_initial"], abs=1e-5)
+    # Adam's first steps are ~lr * sign(grad), so rounding-level gradient differences move
+    # individual weights by up to lr; after 2 updates at lr 1e-3 the losses stay within 1e-2.
+    assert q["valid_loss"] == pytest.approx(d["valid_loss"], abs=1e-2)
