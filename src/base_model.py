@@ -23,7 +23,9 @@ def load_base(model: str, bits: int, group_size: int, compute: str = "auto"):
     from mlx_lm.utils import dequantize_model, quantize_model
 
     if compute not in QLORA_COMPUTE:
-        raise StageError(f"qlora compute must be one of {', '.join(QLORA_COMPUTE)}, got {compute!r}.")
+        raise StageError(
+            f"qlora compute must be one of {', '.join(QLORA_COMPUTE)}, got {compute!r}."
+        )
     path = resolve_model(model)
     net, tokenizer, config = load(str(path), return_config=True)
     already = "quantization" in config
@@ -34,7 +36,10 @@ def load_base(model: str, bits: int, group_size: int, compute: str = "auto"):
         compute = "dequantized" if mx.default_device() == mx.cpu else "quantized"
     if quantized and compute == "dequantized":
         net = dequantize_model(net)
-    info = {"path": str(path), "quantized_base": quantized,
-            "qlora_compute": compute if quantized else "none",
-            "base_quantization": config.get("quantization")}
+    info = {
+        "path": str(path),
+        "quantized_base": quantized,
+        "qlora_compute": compute if quantized else "none",
+        "base_quantization": config.get("quantization"),
+    }
     return net, tokenizer, config, info

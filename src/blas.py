@@ -36,8 +36,11 @@ def _candidates() -> list[str]:
 def preload_fast_blas() -> str | None:
     """On Linux, load the first fast CBLAS found; no-op elsewhere, when disabled or too late."""
     global _loaded
-    if (sys.platform != "linux" or "mlx.core" in sys.modules
-            or os.environ.get("GENRM_BLAS", "").lower() in ("0", "off", "none")):
+    if (
+        sys.platform != "linux"
+        or "mlx.core" in sys.modules
+        or os.environ.get("GENRM_BLAS", "").lower() in ("0", "off", "none")
+    ):
         return None
     for lib in _candidates():
         try:
@@ -57,8 +60,13 @@ def blas_report() -> str:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return _loaded or "unknown"
-    libs = sorted({Path(line.split()[-1]).name for line in maps.splitlines()
-                   if any(k in line for k in ("blas", "mkl_rt", "openblas"))})
+    libs = sorted(
+        {
+            Path(line.split()[-1]).name
+            for line in maps.splitlines()
+            if any(k in line for k in ("blas", "mkl_rt", "openblas"))
+        }
+    )
     return ", ".join(libs) or "none"
 
 
@@ -70,6 +78,9 @@ def warn_if_slow_blas() -> None:
         return
     report = blas_report()
     if not any(k in report for k in ("mkl", "openblas")):
-        print("WARNING: MLX is using the reference BLAS (~30x slower matmuls). Install the "
-              "project with `uv sync` (it brings MKL on x86_64), or point GENRM_BLAS at a "
-              f"libopenblas.so. Loaded: {report}", file=sys.stderr)
+        print(
+            "WARNING: MLX is using the reference BLAS (~30x slower matmuls). Install the "
+            "project with `uv sync` (it brings MKL on x86_64), or point GENRM_BLAS at a "
+            f"libopenblas.so. Loaded: {report}",
+            file=sys.stderr,
+        )

@@ -59,7 +59,9 @@ class FuseConfig:
 
     def __post_init__(self) -> None:
         if self.fuse_into not in ("quantized", "original"):
-            raise StageError(f"--fuse-into must be 'quantized' or 'original', got {self.fuse_into!r}.")
+            raise StageError(
+                f"--fuse-into must be 'quantized' or 'original', got {self.fuse_into!r}."
+            )
         if self.verify_rows < 1:
             raise StageError(f"--verify-rows must be >= 1, got {self.verify_rows}.")
 
@@ -78,20 +80,28 @@ def _read_adapter(path: Path) -> dict:
     cfg_file, weights = path / "adapter_config.json", path / "adapters.safetensors"
     for f in (cfg_file, weights):
         if not f.is_file():
-            raise StageError(f"adapter file {f} not found. Fix: run the train stage first "
-                             "(`dvc repro train`) or point --adapter-path at its output.")
+            raise StageError(
+                f"adapter file {f} not found. Fix: run the train stage first "
+                "(`dvc repro train`) or point --adapter-path at its output."
+            )
     config = json.loads(cfg_file.read_text())
     for key in ("num_layers", "lora_parameters"):
         if key not in config:
-            raise DataError(cfg_file, None, f"missing key {key!r}",
-                            "use an adapter_config.json written by the train stage or mlx-lm")
+            raise DataError(
+                cfg_file,
+                None,
+                f"missing key {key!r}",
+                "use an adapter_config.json written by the train stage or mlx-lm",
+            )
     return config
 
 
 def _check_save_path(path: Path) -> None:
     if path.exists() and any(path.iterdir()) and not (path / MARKER).is_file():
-        raise StageError(f"{path} holds files this stage did not write. Fix: choose another "
-                         "--save-path or move those files away; nothing was overwritten.")
+        raise StageError(
+            f"{path} holds files this stage did not write. Fix: choose another "
+            "--save-path or move those files away; nothing was overwritten."
+        )
 
 
 def _with_adapter(model, adapter_path: Path):
@@ -100,8 +110,10 @@ def _with_adapter(model, adapter_path: Path):
     try:
         return load_adapters(model, str(adapter_path))
     except ValueError as err:
-        raise StageError(f"the adapter in {adapter_path} does not fit this base model: {err}. "
-                         "Fix: fuse with the --model the adapter was trained on.") from None
+        raise StageError(
+            f"the adapter in {adapter_path} does not fit this base model: {err}. "
+            "Fix: fuse with the --model the adapter was trained on."
+        ) from None
 
 
 def _logits(model, batches) -> list:
@@ -131,14 +143,21 @@ def _generate(model, tokenizer, rows: list[dict], n: int, max_tokens: int) -> st
 
     parts = ["# Greedy judgements of the fused model on validation prompts\n"]
     for i, row in enumerate(rows[:n], start=1):
-        messages = row["messages"][:-1] if "messages" in row else [
-            {"role": "user", "content": row.get("prompt", row.get("text", ""))}]
+        messages = (
+            row["messages"][:-1]
+            if "messages" in row
+            else [{"role": "user", "content": row.get("prompt", row.get("text", ""))}]
+        )
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         text = generate(model, tokenizer, prompt, max_tokens=max_tokens, verbose=False)
-        reference = row["messages"][-1]["content"] if "messages" in row else row.get("completion", "")
-        parts.append(f"## Example {i}\n\n**Prompt**\n\n```\n{messages[-1]['content']}\n```\n\n"
-                     f"**Fused model (greedy, {max_tokens} tokens max)**\n\n```\n{text}\n```\n\n"
-                     f"**Reference**\n\n```\n{reference}\n```\n")
+        reference = (
+            row["messages"][-1]["content"] if "messages" in row else row.get("completion", "")
+        )
+        parts.append(
+            f"## Example {i}\n\n**Prompt**\n\n```\n{messages[-1]['content']}\n```\n\n"
+            f"**Fused model (greedy, {max_tokens} tokens max)**\n\n```\n{text}\n```\n\n"
+            f"**Reference**\n\n```\n{reference}\n```\n"
+        )
     return "\n".join(parts)
 
 
@@ -174,17 +193,26 @@ def run(cfg: FuseConfig) -> dict:
     base_diff = _max_diff(_logits(base, batches), ref_logits)
 
     fused = ref
-    fused.update_modules(tree_unflatten([
-        (name, m.fuse(dequantize=not cfg.keep_quantized))
-        for name, m in fused.named_modules() if hasattr(m, "fuse")]))
+    fused.update_modules(
+        tree_unflatten(
+            [
+                (name, m.fuse(dequantize=not cfg.keep_quantized))
+                for name, m in fused.named_modules()
+                if hasattr(m, "fuse")
+            ]
+        )
+    )
     if cfg.keep_quantized and bits:
         from mlx_lm.utils import quantize_model
 
-        fused, config = quantize_model(fused, {k: v for k, v in config.items() if "quantiz" not in k},
-                                       group, bits)
+        fused, config = quantize_model(
+            fused, {k: v for k, v in config.items() if "quantiz" not in k}, group, bits
+        )
     else:
         fused = dequantize_model(fused)
-        config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+        config = {
+            k: v for k, v in config.items() if k not in ("quantization", "quantization_config")
+        }
     fused.eval()
     fused_diff = _max_diff(_logits(fused, batches), ref_logits)
     fused_verify_ppl = math.exp(evaluate_full(fused, verify_set, cfg.batch_size, max_len))
@@ -193,19 +221,31 @@ def run(cfg: FuseConfig) -> dict:
     if fused_diff > atol:
         problems.append(f"max |logit difference| to base + adapter is {fused_diff:.3g} > {atol:g}")
     if abs(fused_verify_ppl / ref_ppl - 1) > rtol:
-        problems.append(f"perplexity {fused_verify_ppl:.4f} vs {ref_ppl:.4f} for base + adapter "
-                        f"(relative tolerance {rtol:g})")
+        problems.append(
+            f"perplexity {fused_verify_ppl:.4f} vs {ref_ppl:.4f} for base + adapter "
+            f"(relative tolerance {rtol:g})"
+        )
     if base_diff > 0 and fused_diff > 0.5 * base_diff:
-        problems.append(f"the fused model is as far from base + adapter ({fused_diff:.3g}) as the "
-                        f"base without adapter is ({base_diff:.3g}): the adapter was lost")
+        problems.append(
+            f"the fused model is as far from base + adapter ({fused_diff:.3g}) as the "
+            f"base without adapter is ({base_diff:.3g}): the adapter was lost"
+        )
     if problems:
-        hint = (" Fusing into a quantized base re-rounds the merged weights (mlx-lm issue 1172); "
-                "drop --keep-quantized." if cfg.keep_quantized else "")
-        raise StageError("fused model failed verification, nothing saved: "
-                         + "; ".join(problems) + "." + hint)
+        hint = (
+            " Fusing into a quantized base re-rounds the merged weights (mlx-lm issue 1172); "
+            "drop --keep-quantized."
+            if cfg.keep_quantized
+            else ""
+        )
+        raise StageError(
+            "fused model failed verification, nothing saved: " + "; ".join(problems) + "." + hint
+        )
     if base_diff == 0:
-        print("WARNING: the adapter changes nothing (base and base + adapter give identical "
-              "logits); was it trained?", file=sys.stderr)
+        print(
+            "WARNING: the adapter changes nothing (base and base + adapter give identical "
+            "logits); was it trained?",
+            file=sys.stderr,
+        )
 
     valid_ppl = math.exp(evaluate_full(fused, full_set, cfg.batch_size, max_len))
 
@@ -219,9 +259,16 @@ def run(cfg: FuseConfig) -> dict:
     samples = _generate(fused, tokenizer, rows, cfg.n_generations, cfg.max_tokens)
     with atomic_path(cfg.save_path, is_dir=True) as tmp:
         save(tmp, info["path"], fused, tokenizer, config, donate_model=False)
-        write_json(tmp / MARKER, {"adapter_path": str(cfg.adapter_path), "base": cfg.model,
-                                  "fuse_into": cfg.fuse_into, "keep_quantized": cfg.keep_quantized,
-                                  "max_logit_diff": fused_diff})
+        write_json(
+            tmp / MARKER,
+            {
+                "adapter_path": str(cfg.adapter_path),
+                "base": cfg.model,
+                "fuse_into": cfg.fuse_into,
+                "keep_quantized": cfg.keep_quantized,
+                "max_logit_diff": fused_diff,
+            },
+        )
         size = sum(f.stat().st_size for f in tmp.iterdir() if f.suffix == ".safetensors")
     with atomic_path(cfg.generations_out) as tmp:
         tmp.write_text(samples, encoding="utf-8")

@@ -21,7 +21,7 @@ GRADING_INSTRUCTION = (
     'Write a short critique, then end with a line "Score: N/10".'
 )
 
-# Correct responses get 8-10, incorrect ones 1-3: a wide margin, so verdict accuracy is well-defined.
+# Correct responses get 8-10, incorrect ones 1-3: a wide margin, so a verdict is well-defined.
 CORRECT_SCORES = (8, 9, 10)
 INCORRECT_SCORES = (1, 2, 3)
 
@@ -66,7 +66,9 @@ def _conversion(rng: random.Random) -> Task:
     def wrong(r: random.Random) -> str:
         return fmt(value * r.choice([0.1, 10, 0.5, 2]) + r.choice([0, 1]))
 
-    return Task("conversion", f"Convert {fmt(amount)} {src} to {dst}.", f"{fmt(value)} {dst}", wrong)
+    return Task(
+        "conversion", f"Convert {fmt(amount)} {src} to {dst}.", f"{fmt(value)} {dst}", wrong
+    )
 
 
 def _sorting(rng: random.Random, n: int | None = None) -> Task:
@@ -88,7 +90,31 @@ def _sorting(rng: random.Random, n: int | None = None) -> Task:
     return Task("sorting", question, ", ".join(map(str, answer)), wrong)
 
 
-_WORDS = ["apple", "banana", "cherry", "planet", "garden", "window", "river", "silver", "orange", "pencil", "rocket", "marble", "forest", "candle", "bridge", "dragon", "winter", "summer", "castle", "anchor", "violet", "meadow", "thunder"]
+_WORDS = [
+    "apple",
+    "banana",
+    "cherry",
+    "planet",
+    "garden",
+    "window",
+    "river",
+    "silver",
+    "orange",
+    "pencil",
+    "rocket",
+    "marble",
+    "forest",
+    "candle",
+    "bridge",
+    "dragon",
+    "winter",
+    "summer",
+    "castle",
+    "anchor",
+    "violet",
+    "meadow",
+    "thunder",
+]
 
 
 def _string(rng: random.Random) -> Task:

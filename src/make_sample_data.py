@@ -29,13 +29,19 @@ def run(rows: int, seed: int, out: Path) -> dict:
     return {"n_rows": len(generated), "n_correct": labels[1], "n_incorrect": labels[0]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src.make_sample_data", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m src.make_sample_data", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--rows", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("data/processed/sft/sft_genrm_train.jsonl"))
     p.add_argument("--metrics", type=Path, default=Path("metrics/sample_data.json"))
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     return run_main(lambda: run(a.rows, a.seed, a.out), a.metrics)
 
 

@@ -41,8 +41,13 @@ def resolve_model(name: str, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, revision=revision, allow_patterns=[
-            "*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]))
+        return Path(
+            snapshot_download(
+                name,
+                revision=revision,
+                allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"],
+            )
+        )
     except Exception as err:  # network, auth, or unknown repo: one clear line, not a traceback
         raise StageError(
             f"could not fetch {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "

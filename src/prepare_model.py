@@ -41,8 +41,10 @@ class PrepareModelConfig:
 def run(cfg: PrepareModelConfig) -> dict:
     with atomic_path(cfg.out, is_dir=True) as tmp:
         if cfg.model == EMBEDDED:
-            corpus = (render_text(r) for r in
-                      generate_rows(TOKENIZER_CORPUS_ROWS, seed=10_000 + cfg.embedded_seed))
+            corpus = (
+                render_text(r)
+                for r in generate_rows(TOKENIZER_CORPUS_ROWS, seed=10_000 + cfg.embedded_seed)
+            )
             build_tiny_gemma(tmp, TinyGemmaConfig(seed=cfg.embedded_seed), corpus)
             source = {"model": EMBEDDED, "embedded_seed": cfg.embedded_seed}
         else:
@@ -66,7 +68,9 @@ def run(cfg: PrepareModelConfig) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     d = PrepareModelConfig()
-    p = argparse.ArgumentParser(prog="python -m src.prepare_model", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m src.prepare_model", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--model", default=d.model, help="'embedded', a local directory or a Hub id")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--out", type=Path, default=d.out)

@@ -101,11 +101,18 @@ def run_main(run: Callable[[], dict], metrics_path: str | Path | None) -> int:
     return 0
 
 
-def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
-                hint: str = "") -> None:
+def check_range(
+    name: str, value: float, low: float | None = None, high: float | None = None, hint: str = ""
+) -> None:
     """Raise a StageError naming the flag when ``value`` is out of [low, high]."""
     if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]" if low is not None else f"<= {high}"
+        bounds = (
+            f">= {low}"
+            if high is None
+            else f"in [{low}, {high}]"
+            if low is not None
+            else f"<= {high}"
+        )
         raise StageError(f"{name} must be {bounds}, got {value}.{' ' + hint if hint else ''}")
 
 
@@ -118,8 +125,11 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_bool_flag(parser: argparse.ArgumentParser, flag: str, default: bool, help: str = "") -> None:
+def add_bool_flag(
+    parser: argparse.ArgumentParser, flag: str, default: bool, help: str = ""
+) -> None:
     """``--flag`` alone means true (the recipe's style); ``--flag false`` is what params.yaml
     renders through dvc.yaml's ``${...}``."""
-    parser.add_argument(flag, type=parse_bool, nargs="?", const=True, default=default,
-                        metavar="BOOL", help=help)
+    parser.add_argument(
+        flag, type=parse_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help
+    )

@@ -46,8 +46,7 @@ class BatchIterator:
     def epoch_order(self, n_batches: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(n_batches)
 
-    def __call__(self, dataset, batch_size, max_seq_length, loop=False, seed=None,
-                 comm_group=None):
+    def __call__(self, dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
         rank, world = (comm_group.rank(), comm_group.size()) if comm_group else (0, 1)
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} must be divisible by the {world} workers")
@@ -57,14 +56,16 @@ class BatchIterator:
         # of keys in the raw row, not its token count, so its batches are not length-sorted.)
         order = sorted(range(len(dataset)), key=lambda i: len(_tokens(dataset[i])))
         if loop:
-            batches = [order[i:i + batch_size]
-                       for i in range(0, len(order) - batch_size + 1, batch_size)]
+            batches = [
+                order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)
+            ]
         else:
-            batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         local = batch_size // world
         if not loop:
-            yield from (self._collate(dataset, b[rank::world], local, max_seq_length)
-                        for b in batches)
+            yield from (
+                self._collate(dataset, b[rank::world], local, max_seq_length) for b in batches
+            )
             return
         n = len(batches)
         epoch, skip = divmod(self.start_batch, n)
@@ -98,5 +99,12 @@ def evaluate_full(model, dataset, batch_size: int, max_seq_length: int) -> float
     from mlx_lm.tuner.trainer import evaluate
 
     it = BatchIterator(seed=0)
-    return evaluate(model, dataset, batch_size=batch_size, num_batches=-1,
-                    max_seq_length=max_seq_length, loss=masked_loss, iterate_batches=it)
+    return evaluate(
+        model,
+        dataset,
+        batch_size=batch_size,
+        num_batches=-1,
+        max_seq_length=max_seq_length,
+        loss=masked_loss,
+        iterate_batches=it,
+    )

@@ -31,10 +31,10 @@ from .model_source import load_tokenizer
 from .runtime import DataError, StageError, add_bool_flag, atomic_path, check_range, run_main
 from .sft_data import (
     CHAT,
+    fast_renderer,
     fold_system,
     prompt_key,
-    read_jsonl,
-    render,
+    read_jsonl_lines,
     token_lengths,
     validate_rows,
 )
@@ -63,7 +63,7 @@ def _dumps(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False, sort_keys=True)
 
 
-def _groups(keys: list[tuple[str, str | None]]) -> list[int]:
+def _groups(keys: list[tuple]) -> list[int]:
     """Union rows that share a prompt or a task id; return a group id per row."""
     parent = list(range(len(keys)))
 
@@ -73,7 +73,7 @@ def _groups(keys: list[tuple[str, str | None]]) -> list[int]:
             i = parent[i]
         return i
 
-    first: dict[tuple[str, str], int] = {}
+    first: dict[tuple, int] = {}
     for i, (prompt, task) in enumerate(keys):
         for key in (("p", prompt), ("t", task)):
             if key[1] is None:
@@ -108,52 +108,79 @@ def _pick_valid(groups: list[int], labels: list[int | None], size: int, seed: in
     return chosen
 
 
+def _measure(
+    rows: list[tuple[int, dict]], fmt: str, tokenizer, path: Path, chunk: int = 1024
+) -> list[int]:
+    """Token length of every row: render in this thread while the previous chunk is tokenized
+    in another (the Rust tokenizer releases the GIL), so rendering costs almost no wall time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    render_row = fast_renderer(fmt, tokenizer, [r for _, r in rows[:64]])
+    pending = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for start in range(0, len(rows), chunk):
+            texts = []
+            for number, row in rows[start : start + chunk]:
+                try:
+                    texts.append(render_row(row))
+                except Exception as err:  # the chat template's raise_exception, e.g. system role
+                    has_system = fmt == CHAT and row["messages"][0]["role"] == "system"
+                    fix = (
+                        "pass --fold-system to move system text into the first user turn"
+                        if has_system
+                        else "rewrite the row so the chat template accepts it"
+                    )
+                    raise DataError(
+                        path, number, f"the chat template rejects this row: {err}", fix
+                    ) from None
+            pending.append(pool.submit(token_lengths, texts, fmt, tokenizer, chunk))
+        return [n for future in pending for n in future.result()]
+
+
 def run(cfg: SplitConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
-    numbered = read_jsonl(cfg.input)
-    fmt = validate_rows(numbered, cfg.input)
+    numbered = read_jsonl_lines(cfg.input)
+    fmt = validate_rows([(n, r) for n, r, _ in numbered], cfg.input)
     n_read = len(numbered)
-
-    if cfg.fold_system:
-        numbered = [(n, fold_system(r)) for n, r in numbered]
 
     rejects: list[dict] = []
     seen: dict[str, int] = {}
     rows: list[tuple[int, dict]] = []
-    for number, row in numbered:
-        key = _dumps(row)
+    lines: list[str] = []  # output text of each kept row: the input line verbatim unless folded
+    for number, row, text in numbered:
+        key = text.strip()
         if key in seen:
             rejects.append({"line": number, "reason": f"duplicate of line {seen[key]}", "row": row})
-        else:
-            seen[key] = number
-            rows.append((number, row))
+            continue
+        seen[key] = number
+        if cfg.fold_system:
+            folded = fold_system(row)
+            if folded is not row:
+                row, key = folded, _dumps(folded)
+        rows.append((number, row))
+        lines.append(key)
     n_duplicates = n_read - len(rows)
+    lengths = _measure(rows, fmt, tokenizer, cfg.input)
 
-    texts = []
-    for number, row in rows:
-        try:
-            texts.append(render(row, fmt, tokenizer))
-        except Exception as err:  # the chat template's own raise_exception, e.g. a system role
-            has_system = fmt == CHAT and row["messages"][0]["role"] == "system"
-            fix = ("pass --fold-system to move system text into the first user turn"
-                   if has_system else "rewrite the row so the model's chat template accepts it")
-            raise DataError(cfg.input, number, f"the chat template rejects this row: {err}",
-                            fix) from None
-    lengths = token_lengths(texts, fmt, tokenizer)
-
-    kept, kept_lengths = [], []
-    for (number, row), n in zip(rows, lengths, strict=True):
+    kept, kept_lines, kept_lengths = [], [], []
+    for (number, row), line, n in zip(rows, lines, lengths, strict=True):
         if n > cfg.max_seq_length:
             rejects.append({"line": number, "reason": "too_long", "n_tokens": n, "row": row})
         else:
             kept.append(row)
+            kept_lines.append(line)
             kept_lengths.append(n)
     n_too_long = len(rows) - len(kept)
     if len(kept) <= cfg.valid_size:
-        raise DataError(cfg.input, None, f"only {len(kept)} usable rows (of {n_read} read: "
-                        f"{n_duplicates} duplicates, {n_too_long} longer than "
-                        f"{cfg.max_seq_length} tokens), but --valid-size is {cfg.valid_size} and "
-                        "training needs rows too", "lower --valid-size or add data")
+        raise DataError(
+            cfg.input,
+            None,
+            f"only {len(kept)} usable rows (of {n_read} read: "
+            f"{n_duplicates} duplicates, {n_too_long} longer than "
+            f"{cfg.max_seq_length} tokens), but --valid-size is {cfg.valid_size} and "
+            "training needs rows too",
+            "lower --valid-size or add data",
+        )
 
     meta = [row.get("metadata") if isinstance(row.get("metadata"), dict) else {} for row in kept]
     task_ids = [str(m["task_id"]) if "task_id" in m else None for m in meta]
@@ -161,16 +188,21 @@ def run(cfg: SplitConfig) -> dict:
     groups = _groups([(prompt_key(row, fmt), t) for row, t in zip(kept, task_ids, strict=True)])
     valid_idx = _pick_valid(groups, labels, cfg.valid_size, cfg.seed)
     if len(valid_idx) < cfg.valid_size:
-        raise StageError(f"could only place {len(valid_idx)} of {cfg.valid_size} validation rows "
-                         "without splitting a prompt group or the label balance. Fix: lower "
-                         "--valid-size.")
+        raise StageError(
+            f"could only place {len(valid_idx)} of {cfg.valid_size} validation rows "
+            "without splitting a prompt group or the label balance. Fix: lower "
+            "--valid-size."
+        )
 
-    train = [r for i, r in enumerate(kept) if i not in valid_idx]
-    valid = [r for i, r in enumerate(kept) if i in valid_idx]
-    with (atomic_path(cfg.train_out) as t, atomic_path(cfg.valid_out) as v,
-          atomic_path(cfg.rejects_out) as rj):
-        for path, part in ((t, train), (v, valid), (rj, rejects)):
-            path.write_text("".join(_dumps(r) + "\n" for r in part), encoding="utf-8")
+    train = [line for i, line in enumerate(kept_lines) if i not in valid_idx]
+    valid = [line for i, line in enumerate(kept_lines) if i in valid_idx]
+    with (
+        atomic_path(cfg.train_out) as t,
+        atomic_path(cfg.valid_out) as v,
+        atomic_path(cfg.rejects_out) as rj,
+    ):
+        for path, part in ((t, train), (v, valid), (rj, [_dumps(r) for r in rejects])):
+            path.write_text("".join(line + "\n" for line in part), encoding="utf-8")
 
     lens = np.array(kept_lengths)
     train_tokens = sum(n for i, n in enumerate(kept_lengths) if i not in valid_idx)
@@ -191,7 +223,9 @@ def run(cfg: SplitConfig) -> dict:
     if known:
         valid_known = [labels[i] for i in valid_idx if labels[i] is not None]
         metrics["label_pos_frac_all"] = round(sum(map(bool, known)) / len(known), 4)
-        metrics["label_pos_frac_valid"] = round(sum(map(bool, valid_known)) / max(1, len(valid_known)), 4)
+        metrics["label_pos_frac_valid"] = round(
+            sum(map(bool, valid_known)) / max(1, len(valid_known)), 4
+        )
     return metrics
 
 
@@ -206,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=int, default=d.max_seq_length)
     p.add_argument("--valid-size", type=int, default=d.valid_size)
     p.add_argument("--seed", type=int, default=d.seed)
-    add_bool_flag(p, "--fold-system", d.fold_system,
-                  "fold a leading system message into the first user turn")
+    add_bool_flag(
+        p, "--fold-system", d.fold_system, "fold a leading system message into the first user turn"
+    )
     p.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
     return p
 

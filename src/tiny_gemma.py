@@ -147,8 +147,16 @@ def build_tiny_gemma(out_dir: Path, cfg: TinyGemmaConfig, corpus: Iterable[str])
     config = hf_config(cfg, tokenizer)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (out_dir / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": config["eos_token_id"], "bos_token_id": config["bos_token_id"],
-                    "pad_token_id": config["pad_token_id"]}, indent=2, sort_keys=True) + "\n"
+        json.dumps(
+            {
+                "eos_token_id": config["eos_token_id"],
+                "bos_token_id": config["bos_token_id"],
+                "pad_token_id": config["pad_token_id"],
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
     )
     weights = {k: mx.array(v) for k, v in sorted(_weights(cfg).items())}
     mx.save_safetensors(str(out_dir / "model.safetensors"), weights, metadata={"format": "pt"})

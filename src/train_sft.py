@@ -56,8 +56,16 @@ from .sft_data import make_dataset, read_jsonl, validate_rows
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
 SCHEDULES = ("constant", "cosine")
 # Fields that do not change the training trajectory: a resume may differ in these.
-RESUMABLE_FIELDS = {"iters", "resume", "steps_per_report", "steps_per_eval", "steps_per_save",
-                    "curves_dir", "adapter_path", "state_dir"}
+RESUMABLE_FIELDS = {
+    "iters",
+    "resume",
+    "steps_per_report",
+    "steps_per_eval",
+    "steps_per_save",
+    "curves_dir",
+    "adapter_path",
+    "state_dir",
+}
 
 
 @dataclass
@@ -94,30 +102,52 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("iters", "batch_size", "grad_accum", "lora_layers", "rank",
-                     "steps_per_report", "steps_per_eval", "steps_per_save", "max_seq_length"):
+        for name in (
+            "iters",
+            "batch_size",
+            "grad_accum",
+            "lora_layers",
+            "rank",
+            "steps_per_report",
+            "steps_per_eval",
+            "steps_per_save",
+            "max_seq_length",
+        ):
             check_range(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         check_range("--learning-rate", self.learning_rate, 0.0, 1.0)
         check_range("--min-learning-rate", self.min_learning_rate, 0.0, self.learning_rate)
         check_range("--warmup-steps", self.warmup_steps, 0)
         check_range("--dropout", self.dropout, 0.0, 0.99)
         check_range("--weight-decay", self.weight_decay, 0.0)
-        for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES),
-                              ("qlora_compute", QLORA_COMPUTE)):
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("lr_schedule", SCHEDULES),
+            ("qlora_compute", QLORA_COMPUTE),
+        ):
             if getattr(self, name) not in allowed:
-                raise StageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                                 f"got {getattr(self, name)!r}.")
+                raise StageError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}."
+                )
         if self.bits not in (0, 2, 3, 4, 5, 6, 8):
-            raise StageError(f"--bits must be 0 (no quantization) or one of 2, 3, 4, 5, 6, 8; got {self.bits}.")
+            raise StageError(
+                f"--bits must be 0 (no quantization) or one of 2, 3, 4, 5, 6, 8; got {self.bits}."
+            )
         if self.iters % self.grad_accum:
-            raise StageError(f"--iters ({self.iters}) must be a multiple of --grad-accum "
-                             f"({self.grad_accum}) so the last micro-batches reach an update.")
+            raise StageError(
+                f"--iters ({self.iters}) must be a multiple of --grad-accum "
+                f"({self.grad_accum}) so the last micro-batches reach an update."
+            )
         if self.steps_per_save % self.grad_accum:
-            raise StageError(f"--steps-per-save ({self.steps_per_save}) must be a multiple of "
-                             f"--grad-accum ({self.grad_accum}): checkpoints fall between updates.")
+            raise StageError(
+                f"--steps-per-save ({self.steps_per_save}) must be a multiple of "
+                f"--grad-accum ({self.grad_accum}): checkpoints fall between updates."
+            )
         if self.warmup_steps >= self.updates and self.lr_schedule == "cosine":
-            raise StageError(f"--warmup-steps ({self.warmup_steps}) leaves no updates for the "
-                             f"cosine decay ({self.updates} updates in all).")
+            raise StageError(
+                f"--warmup-steps ({self.warmup_steps}) leaves no updates for the "
+                f"cosine decay ({self.updates} updates in all)."
+            )
         if self.state_dir is None:
             self.state_dir = self.adapter_path.with_name(self.adapter_path.name + "_state")
 
@@ -149,8 +179,9 @@ def build_schedule(cfg: TrainConfig):
     import mlx.optimizers as optim
 
     if cfg.lr_schedule == "cosine":
-        main = optim.cosine_decay(cfg.learning_rate, cfg.updates - cfg.warmup_steps,
-                                  cfg.min_learning_rate)
+        main = optim.cosine_decay(
+            cfg.learning_rate, cfg.updates - cfg.warmup_steps, cfg.min_learning_rate
+        )
     else:
         main = optim.linear_schedule(cfg.learning_rate, cfg.learning_rate, 1)
     if cfg.warmup_steps == 0:
@@ -176,8 +207,10 @@ def load_model(cfg: TrainConfig):
     model, tokenizer, _, info = load_base(cfg.model, cfg.bits, cfg.group_size, cfg.qlora_compute)
     n_layers = len(model.layers)
     if cfg.lora_layers > n_layers:
-        raise StageError(f"--lora-layers {cfg.lora_layers} exceeds the model's {n_layers} layers. "
-                         f"Fix: pass --lora-layers {n_layers} or fewer.")
+        raise StageError(
+            f"--lora-layers {cfg.lora_layers} exceeds the model's {n_layers} layers. "
+            f"Fix: pass --lora-layers {n_layers} or fewer."
+        )
     return model, tokenizer, info
 
 
@@ -185,8 +218,10 @@ def _load_split(path: Path, tokenizer, cfg: TrainConfig, name: str):
     rows = [r for _, r in read_jsonl(path)]
     validate_rows(list(enumerate(rows, 1)), path)
     if len(rows) < cfg.batch_size:
-        raise StageError(f"{path}: {len(rows)} {name} rows, fewer than --batch-size "
-                         f"{cfg.batch_size}. Fix: lower --batch-size or add data.")
+        raise StageError(
+            f"{path}: {len(rows)} {name} rows, fewer than --batch-size "
+            f"{cfg.batch_size}. Fix: lower --batch-size or add data."
+        )
     return make_dataset(rows, tokenizer, cfg.mask_prompt), rows
 
 
@@ -263,8 +298,11 @@ def _adapter_config(cfg: TrainConfig, base: dict) -> dict:
         "num_layers": cfg.lora_layers,
         "lora_parameters": {"rank": cfg.rank, "scale": cfg.scale, "dropout": cfg.dropout},
         "model": cfg.model,
-        "base_quantization": ({"bits": cfg.bits, "group_size": cfg.group_size}
-                              if cfg.bits else base["base_quantization"]),
+        "base_quantization": (
+            {"bits": cfg.bits, "group_size": cfg.group_size}
+            if cfg.bits
+            else base["base_quantization"]
+        ),
         "mask_prompt": cfg.mask_prompt,
         "max_seq_length": cfg.max_seq_length,
     }
@@ -288,12 +326,15 @@ class Checkpoints:
         from mlx.utils import tree_flatten
 
         with atomic_path(self.root / f"iter_{it:07d}", is_dir=True) as tmp:
-            mx.save_safetensors(str(tmp / "adapters.safetensors"),
-                                dict(tree_flatten(model.trainable_parameters())))
-            mx.save_safetensors(str(tmp / "optimizer.safetensors"),
-                                dict(tree_flatten(optimizer.state)))
-            (tmp / "state.json").write_text(json.dumps(
-                {**meta, "iteration": it, "fingerprint": self.fingerprint}, indent=1))
+            mx.save_safetensors(
+                str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+            )
+            mx.save_safetensors(
+                str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
+            )
+            (tmp / "state.json").write_text(
+                json.dumps({**meta, "iteration": it, "fingerprint": self.fingerprint}, indent=1)
+            )
         for old in sorted(self.root.glob("iter_*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
         return self.root / f"iter_{it:07d}"
@@ -307,9 +348,11 @@ class Checkpoints:
             raise StageError(f"--resume: no checkpoint in {self.root}. Fix: run without --resume.")
         meta = json.loads((ckpt / "state.json").read_text())
         if meta["fingerprint"] != self.fingerprint:
-            raise StageError(f"--resume: {ckpt} was written with other settings or data "
-                             "(fingerprint mismatch). Fix: resume with the same params, or run "
-                             "without --resume to start over.")
+            raise StageError(
+                f"--resume: {ckpt} was written with other settings or data "
+                "(fingerprint mismatch). Fix: resume with the same params, or run "
+                "without --resume to start over."
+            )
         model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
         saved = mx.load(str(ckpt / "optimizer.safetensors"))
         optimizer.init(model.trainable_parameters())
@@ -328,8 +371,12 @@ class Progress:
 
     def step(self, it: int, loss: float, tok_s: float) -> None:
         if self.live:
-            print(f"\r  iter {it}/{self.total}  loss {loss:.3f}  {tok_s:,.0f} tok/s",
-                  end="", file=sys.stderr, flush=True)
+            print(
+                f"\r  iter {it}/{self.total}  loss {loss:.3f}  {tok_s:,.0f} tok/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def line(self, text: str) -> None:
         if self.quiet:
@@ -368,8 +415,9 @@ def run(cfg: TrainConfig) -> dict:
     train_set, train_rows = _load_split(cfg.train_data, tokenizer, cfg, "train")
     valid_set, valid_rows = _load_split(cfg.valid_data, tokenizer, cfg, "validation")
     model.freeze()
-    linear_to_lora_layers(model, cfg.lora_layers,
-                          {"rank": cfg.rank, "scale": cfg.scale, "dropout": cfg.dropout})
+    linear_to_lora_layers(
+        model, cfg.lora_layers, {"rank": cfg.rank, "scale": cfg.scale, "dropout": cfg.dropout}
+    )
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     optimizer = build_optimizer(cfg)
 
@@ -378,8 +426,15 @@ def run(cfg: TrainConfig) -> dict:
     progress = Progress(cfg.iters)
     eval_bs = cfg.batch_size
 
-    state = {"start": 0, "train_curve": [], "valid_curve": [], "best_ppl": math.inf,
-             "best_iter": 0, "trained_tokens": 0, "train_seconds": 0.0}
+    state = {
+        "start": 0,
+        "train_curve": [],
+        "valid_curve": [],
+        "best_ppl": math.inf,
+        "best_iter": 0,
+        "trained_tokens": 0,
+        "train_seconds": 0.0,
+    }
     if cfg.resume:
         state.update(ckpts.restore(model, optimizer))
         state["start"] = state.pop("iteration")
@@ -393,15 +448,23 @@ def run(cfg: TrainConfig) -> dict:
         loss = evaluate_full(model, valid_set, eval_bs, cfg.max_seq_length)
         model.train()
         ppl = math.exp(min(loss, 50.0))
-        state["valid_curve"].append({"iteration": it, "update": it // cfg.grad_accum,
-                                     "valid_loss": round(loss, 6), "valid_ppl": round(ppl, 6)})
+        state["valid_curve"].append(
+            {
+                "iteration": it,
+                "update": it // cfg.grad_accum,
+                "valid_loss": round(loss, 6),
+                "valid_ppl": round(ppl, 6),
+            }
+        )
         progress.line(f"  iter {it:>6}  valid_loss {loss:.4f}  valid_ppl {ppl:.3f}")
         if ppl < state["best_ppl"]:
             state["best_ppl"], state["best_iter"] = ppl, it
             if rank0:
                 with atomic_path(best_dir, is_dir=True) as tmp:
-                    mx.save_safetensors(str(tmp / "adapters.safetensors"),
-                                        dict(tree_flatten(model.trainable_parameters())))
+                    mx.save_safetensors(
+                        str(tmp / "adapters.safetensors"),
+                        dict(tree_flatten(model.trainable_parameters())),
+                    )
         return loss
 
     if start == 0:
@@ -432,11 +495,19 @@ def run(cfg: TrainConfig) -> dict:
                 mean = window["loss"] / window["steps"]
                 tok_s = window["tokens"] / window["seconds"]
                 lr = info["learning_rate"]
-                state["train_curve"].append({
-                    "iteration": it, "update": it // cfg.grad_accum, "train_loss": round(mean, 6),
-                    "learning_rate": float(f"{lr:.6g}"), "tokens_per_sec": round(tok_s, 1)})
-                progress.line(f"  iter {it:>6}  update {it // cfg.grad_accum:>5}  train_loss "
-                              f"{mean:.4f}  lr {lr:.2e}  {tok_s:,.0f} tok/s")
+                state["train_curve"].append(
+                    {
+                        "iteration": it,
+                        "update": it // cfg.grad_accum,
+                        "train_loss": round(mean, 6),
+                        "learning_rate": float(f"{lr:.6g}"),
+                        "tokens_per_sec": round(tok_s, 1),
+                    }
+                )
+                progress.line(
+                    f"  iter {it:>6}  update {it // cfg.grad_accum:>5}  train_loss "
+                    f"{mean:.4f}  lr {lr:.2e}  {tok_s:,.0f} tok/s"
+                )
                 window.update(loss=0.0, steps=0, tokens=0, seconds=0.0)
             if it % cfg.steps_per_eval == 0 or it == cfg.iters:
                 state["last_valid_loss"] = validate(it)
@@ -464,14 +535,23 @@ def run(cfg: TrainConfig) -> dict:
     model.train()
     try:
         with _mlx_trainer_patched(model):
-            train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=None,
-                  args=args, loss=masked_loss, iterate_batches=BatchIterator(cfg.seed, start),
-                  training_callback=Reporter())
+            train(
+                model=model,
+                optimizer=optimizer,
+                train_dataset=train_set,
+                val_dataset=None,
+                args=args,
+                loss=masked_loss,
+                iterate_batches=BatchIterator(cfg.seed, start),
+                training_callback=Reporter(),
+            )
     except NonFiniteLoss as err:
         last = ckpts.newest()
-        raise StageError(f"training loss became NaN or infinite at iteration {err.args[0]}; the "
-                         f"last good checkpoint is {last or 'none (none was saved yet)'}. Fix: "
-                         "lower --learning-rate or check the data, then --resume or rerun.") from None
+        raise StageError(
+            f"training loss became NaN or infinite at iteration {err.args[0]}; the "
+            f"last good checkpoint is {last or 'none (none was saved yet)'}. Fix: "
+            "lower --learning-rate or check the data, then --resume or rerun."
+        ) from None
 
     final_loss = state.get("last_valid_loss")
     if final_loss is None:  # e.g. resuming a run that had already finished
@@ -479,16 +559,19 @@ def run(cfg: TrainConfig) -> dict:
     if rank0:
         _write_curves(cfg.curves_dir, state["train_curve"], state["valid_curve"])
         with atomic_path(cfg.adapter_path, is_dir=True) as tmp:
-            mx.save_safetensors(str(tmp / "adapters.safetensors"),
-                                dict(tree_flatten(model.trainable_parameters())))
+            mx.save_safetensors(
+                str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+            )
             adapter_config = _adapter_config(cfg, base)
             write_json(tmp / "adapter_config.json", adapter_config)
             write_json(tmp / "run_info.json", _run_info(cfg, base))
             if (best_dir / "adapters.safetensors").is_file():
                 (tmp / "best").mkdir()
                 shutil.copy2(best_dir / "adapters.safetensors", tmp / "best")
-                write_json(tmp / "best" / "adapter_config.json",
-                           {**adapter_config, "iteration": state["best_iter"]})
+                write_json(
+                    tmp / "best" / "adapter_config.json",
+                    {**adapter_config, "iteration": state["best_iter"]},
+                )
 
     first = state["valid_curve"][0]
     last_train = state["train_curve"][-1] if state["train_curve"] else {"train_loss": math.nan}
@@ -524,8 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name in ("train_data", "valid_data", "adapter_path", "curves_dir"):
             p.add_argument(flag, type=Path, default=default)
         elif f.name == "state_dir":
-            p.add_argument(flag, type=lambda s: None if s in ("", "None", "null") else Path(s),
-                           default=None)
+            p.add_argument(
+                flag, type=lambda s: None if s in ("", "None", "null") else Path(s), default=None
+            )
         else:
             p.add_argument(flag, type=type(default), default=default)
     p.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))

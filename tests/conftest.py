@@ -17,8 +17,15 @@ from src.genrm_sample import generate_rows, render_text  # noqa: E402
 from src.tiny_gemma import TinyGemmaConfig, build_tiny_gemma  # noqa: E402
 
 # 2 layers, width 64 (divisible by the 4-bit group size 64), 512-token vocabulary.
-TINY = TinyGemmaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=32, vocab_size=512)
+TINY = TinyGemmaConfig(
+    num_hidden_layers=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    vocab_size=512,
+)
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,11 @@ from src.prepare_model import run as prepare_model
 
 
 def _digest(directory) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
 
 
 def test_sample_data_is_deterministic():
@@ -34,7 +37,9 @@ def _truth(row) -> bool:
         return int(response) == {"+": a + b, "-": a - b, "*": a * b}[op]
     if m := re.fullmatch(r"Sort in (\w+) order: (.*)\.", question):
         nums = [int(x) for x in m.group(2).split(", ")]
-        return [int(x) for x in response.split(", ")] == sorted(nums, reverse=m.group(1) == "descending")
+        return [int(x) for x in response.split(", ")] == sorted(
+            nums, reverse=m.group(1) == "descending"
+        )
     if m := re.fullmatch(r"Reverse the string '(\w+)'\.", question):
         return response == m.group(1)[::-1]
     return None
@@ -78,8 +83,9 @@ def test_embedded_model_is_deterministic_and_loads(tmp_path):
     assert config["model_type"] == "gemma"
     model, tokenizer = load(str(a))
     assert len(model.layers) == 18
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Compute 2 + 3."}],
-                                           add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Compute 2 + 3."}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt == "<bos><start_of_turn>user\nCompute 2 + 3.<end_of_turn>\n<start_of_turn>model\n"
     text = generate(model, tokenizer, prompt, max_tokens=5, verbose=False)
     assert isinstance(text, str) and len(text) > 0

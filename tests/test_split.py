@@ -15,16 +15,31 @@ from src.split_data import main
 
 def _args(tmp_path, model, src, **extra) -> list[str]:
     out = tmp_path / "out"
-    args = ["--input", str(src), "--model", str(model), "--train-out", str(out / "train.jsonl"),
-            "--valid-out", str(out / "valid.jsonl"), "--rejects-out", str(out / "rejects.jsonl"),
-            "--metrics", str(out / "split.json"), "--valid-size", "20"]
+    args = [
+        "--input",
+        str(src),
+        "--model",
+        str(model),
+        "--train-out",
+        str(out / "train.jsonl"),
+        "--valid-out",
+        str(out / "valid.jsonl"),
+        "--rejects-out",
+        str(out / "rejects.jsonl"),
+        "--metrics",
+        str(out / "split.json"),
+        "--valid-size",
+        "20",
+    ]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args
 
 
 def _outputs(tmp_path):
-    return sorted(p.name for p in (tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else []
+    return (
+        sorted(p.name for p in (tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else []
+    )
 
 
 def test_split_filters_dedups_and_keeps_groups_and_balance(tmp_path, tiny_model):
@@ -87,11 +102,14 @@ def test_other_formats_and_exact_lengths(tmp_path, tiny_model, fmt):
 
     base = list(generate_rows(60, seed=4, long_fraction=0.0))
     if fmt == "completions":
-        rows = [{"prompt": r["messages"][0]["content"], "completion": r["messages"][1]["content"]}
-                for r in base]
+        rows = [
+            {"prompt": r["messages"][0]["content"], "completion": r["messages"][1]["content"]}
+            for r in base
+        ]
     elif fmt == "text":
-        rows = [{"text": r["messages"][0]["content"] + "\n" + r["messages"][1]["content"]}
-                for r in base]
+        rows = [
+            {"text": r["messages"][0]["content"] + "\n" + r["messages"][1]["content"]} for r in base
+        ]
     else:
         rows = [{**r, "tools": [{"type": "function", "function": {"name": "f"}}]} for r in base]
     tok = load_tokenizer(str(tiny_model))
@@ -113,8 +131,10 @@ def test_bom_crlf_and_blank_lines_are_accepted(tmp_path, tiny_model, genrm_rows)
 
 
 def test_system_role_needs_fold_flag(tmp_path, tiny_model, genrm_rows, capsys):
-    rows = [{**r, "messages": [{"role": "system", "content": "Be strict."}, *r["messages"]]}
-            for r in genrm_rows[:60]]
+    rows = [
+        {**r, "messages": [{"role": "system", "content": "Be strict."}, *r["messages"]]}
+        for r in genrm_rows[:60]
+    ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     assert main(_args(tmp_path, tiny_model, src)) == 1
     err = capsys.readouterr().err
@@ -126,18 +146,29 @@ def test_system_role_needs_fold_flag(tmp_path, tiny_model, genrm_rows, capsys):
 
 
 def _chat(user="hi", assistant="Score: 5/10"):
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    }
 
 
 BAD = {
     "malformed_json": ('{"messages": [}', 3, "malformed JSON"),
     "missing_fields": ({"foo": 1}, 3, "none of the known fields"),
-    "unknown_role": ({"messages": [{"role": "human", "content": "x"},
-                                   {"role": "assistant", "content": "y"}]}, 3, "unknown role 'human'"),
-    "out_of_order": ({"messages": [{"role": "assistant", "content": "x"},
-                                   {"role": "user", "content": "y"}]}, 3, "roles out of order"),
-    "non_string": ({"messages": [{"role": "user", "content": ["x"]},
-                                 {"role": "assistant", "content": "y"}]}, 3, "content must be a string"),
+    "unknown_role": (
+        {"messages": [{"role": "human", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        3,
+        "unknown role 'human'",
+    ),
+    "out_of_order": (
+        {"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]},
+        3,
+        "roles out of order",
+    ),
+    "non_string": (
+        {"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]},
+        3,
+        "content must be a string",
+    ),
     "no_assistant": ({"messages": [{"role": "user", "content": "x"}]}, 3, "no assistant turn"),
     "mixed_formats": ({"text": "hello"}, 3, "text row in a chat file"),
 }
@@ -146,7 +177,11 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_rows_fail_with_file_line_and_fix(tmp_path, tiny_model, capsys, case):
     bad, line, what = BAD[case]
-    lines = [json.dumps(_chat()), json.dumps(_chat("b")), bad if isinstance(bad, str) else json.dumps(bad)]
+    lines = [
+        json.dumps(_chat()),
+        json.dumps(_chat("b")),
+        bad if isinstance(bad, str) else json.dumps(bad),
+    ]
     lines += [json.dumps(_chat(str(i))) for i in range(40)]
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(lines) + "\n")

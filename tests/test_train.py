@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -22,12 +21,26 @@ from src.train_sft import main
 
 
 def _args(tmp_path, model, train, valid, **extra) -> list[str]:
-    base = {"model": model, "train_data": train, "valid_data": valid,
-            "adapter_path": tmp_path / "adapter", "curves_dir": tmp_path / "curves",
-            "metrics": tmp_path / "train.json", "iters": 8, "batch_size": 4, "grad_accum": 2,
-            "lora_layers": 2, "rank": 4, "learning_rate": 1e-3, "warmup_steps": 1,
-            "steps_per_report": 2, "steps_per_eval": 4, "steps_per_save": 4,
-            "mask_prompt": True, "seed": 0}
+    base = {
+        "model": model,
+        "train_data": train,
+        "valid_data": valid,
+        "adapter_path": tmp_path / "adapter",
+        "curves_dir": tmp_path / "curves",
+        "metrics": tmp_path / "train.json",
+        "iters": 8,
+        "batch_size": 4,
+        "grad_accum": 2,
+        "lora_layers": 2,
+        "rank": 4,
+        "learning_rate": 1e-3,
+        "warmup_steps": 1,
+        "steps_per_report": 2,
+        "steps_per_eval": 4,
+        "steps_per_save": 4,
+        "mask_prompt": True,
+        "seed": 0,
+    }
     base.update(extra)
     return [x for k, v in base.items() for x in (f"--{k.replace('_', '-')}", str(v))]
 
@@ -84,19 +97,57 @@ def test_batches_resume_at_the_same_data_position(tiny_model, genrm_rows):
 
 def test_recipe_flags_train_and_write_outputs(tmp_path, tiny_model, splits):
     train, valid = splits
-    args = ["--model", str(tiny_model), "--train-data", str(train), "--valid-data", str(valid),
-            "--iters", "8", "--batch-size", "4", "--grad-accum", "4", "--lora-layers", "2",
-            "--rank", "16", "--learning-rate", "2e-4", "--warmup-steps", "1",
-            "--max-seq-length", "2048", "--adapter-path", str(tmp_path / "adapter"),
-            "--mask-prompt", "--grad-checkpoint",
-            "--curves-dir", str(tmp_path / "curves"), "--metrics", str(tmp_path / "train.json"),
-            "--steps-per-report", "4", "--steps-per-eval", "4", "--steps-per-save", "4"]
+    args = [
+        "--model",
+        str(tiny_model),
+        "--train-data",
+        str(train),
+        "--valid-data",
+        str(valid),
+        "--iters",
+        "8",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "4",
+        "--lora-layers",
+        "2",
+        "--rank",
+        "16",
+        "--learning-rate",
+        "2e-4",
+        "--warmup-steps",
+        "1",
+        "--max-seq-length",
+        "2048",
+        "--adapter-path",
+        str(tmp_path / "adapter"),
+        "--mask-prompt",
+        "--grad-checkpoint",
+        "--curves-dir",
+        str(tmp_path / "curves"),
+        "--metrics",
+        str(tmp_path / "train.json"),
+        "--steps-per-report",
+        "4",
+        "--steps-per-eval",
+        "4",
+        "--steps-per-save",
+        "4",
+    ]
     assert main(args) == 0
     m = json.loads((tmp_path / "train.json").read_text())
     assert m["iterations"] == 8 and m["optimizer_updates"] == 2
     assert m["n_valid"] == 40 and m["trained_tokens"] > 0
-    for key in ("valid_loss_initial", "valid_ppl", "best_valid_ppl", "tokens_per_sec",
-                "peak_memory_gb", "wall_seconds", "train_loss"):
+    for key in (
+        "valid_loss_initial",
+        "valid_ppl",
+        "best_valid_ppl",
+        "tokens_per_sec",
+        "peak_memory_gb",
+        "wall_seconds",
+        "train_loss",
+    ):
         assert key in m
     adapter = tmp_path / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -115,25 +166,47 @@ def test_recipe_flags_train_and_write_outputs(tmp_path, tiny_model, splits):
     from mlx_lm import load
 
     model, _ = load(str(tiny_model), adapter_path=str(adapter))  # mlx-lm reads our adapter
-    assert any("lora_a" in k for k, _ in __import__("mlx.utils").utils.tree_flatten(model.parameters()))
+    assert any(
+        "lora_a" in k for k, _ in __import__("mlx.utils").utils.tree_flatten(model.parameters())
+    )
 
 
 def _train_cmd(tmp_path, model, train, valid, tag, **extra) -> list[str]:
-    args = _args(tmp_path, model, train, valid, iters=48, dropout=0.1, steps_per_eval=16,
-                 adapter_path=tmp_path / tag / "adapter", state_dir=tmp_path / tag / "state",
-                 curves_dir=tmp_path / tag / "curves", metrics=tmp_path / tag / "train.json",
-                 **extra)
+    args = _args(
+        tmp_path,
+        model,
+        train,
+        valid,
+        iters=48,
+        dropout=0.1,
+        steps_per_eval=16,
+        adapter_path=tmp_path / tag / "adapter",
+        state_dir=tmp_path / tag / "state",
+        curves_dir=tmp_path / tag / "curves",
+        metrics=tmp_path / tag / "train.json",
+        **extra,
+    )
     return [sys.executable, "-m", "src.train_sft", *args]
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits):
     train, valid = splits
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(_train_cmd(tmp_path, tiny_model, train, valid, "a"), cwd=ROOT, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        _train_cmd(tmp_path, tiny_model, train, valid, "a"),
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
-    proc = subprocess.Popen(_train_cmd(tmp_path, tiny_model, train, valid, "b"), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path, tiny_model, train, valid, "b"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = tmp_path / "b" / "state" / "iter_0000012" / "state.json"
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -143,8 +216,13 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits
     assert ckpt.exists(), "the run never reached its checkpoint"
     assert not (tmp_path / "b" / "adapter").exists(), "killed too late: the run had finished"
 
-    done = subprocess.run(_train_cmd(tmp_path, tiny_model, train, valid, "b", resume="true"),
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        _train_cmd(tmp_path, tiny_model, train, valid, "b", resume="true"),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "resumed from iteration" in done.stdout
     a = mx.load(str(tmp_path / "a" / "adapter" / "adapters.safetensors"))
@@ -166,13 +244,16 @@ def test_resume_refuses_other_settings(tmp_path, tiny_model, splits, capsys):
     assert "fingerprint mismatch" in capsys.readouterr().err
 
 
-def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path, tiny_model, genrm_rows,
-                                                            monkeypatch, capsys):
+def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(
+    tmp_path, tiny_model, genrm_rows, monkeypatch, capsys
+):
     import src.sft_loop as loop
 
     rows = genrm_rows[:40]
-    poisoned = {**rows[0], "messages": [rows[0]["messages"][0],
-                                        {"role": "assistant", "content": "<unk> Score: 1/10"}]}
+    poisoned = {
+        **rows[0],
+        "messages": [rows[0]["messages"][0], {"role": "assistant", "content": "<unk> Score: 1/10"}],
+    }
     train = write_jsonl(tmp_path / "train.jsonl", rows[1:] + [poisoned])
     valid = write_jsonl(tmp_path / "valid.jsonl", genrm_rows[200:220])
     unk = load_tokenizer(str(tiny_model)).convert_tokens_to_ids("<unk>")
@@ -195,15 +276,18 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tmp_path, tiny_model
     assert not (tmp_path / "adapter").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"lora_layers": 5}, "--lora-layers 5 exceeds the model's 2 layers"),
-    ({"batch_size": 64}, "fewer than --batch-size 64"),
-    ({"learning_rate": -1}, "--learning-rate must be in [0.0, 1.0]"),
-    ({"iters": 7}, "must be a multiple of --grad-accum"),
-    ({"iters": 0}, "--iters must be >= 1"),
-    ({"optimizer": "lion"}, "--optimizer must be one of"),
-    ({"model": "checkpoints/no-such-model"}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"lora_layers": 5}, "--lora-layers 5 exceeds the model's 2 layers"),
+        ({"batch_size": 64}, "fewer than --batch-size 64"),
+        ({"learning_rate": -1}, "--learning-rate must be in [0.0, 1.0]"),
+        ({"iters": 7}, "must be a multiple of --grad-accum"),
+        ({"iters": 0}, "--iters must be >= 1"),
+        ({"optimizer": "lion"}, "--optimizer must be one of"),
+        ({"model": "checkpoints/no-such-model"}, "does not exist"),
+    ],
+)
 def test_bad_settings_fail_clearly(tmp_path, tiny_model, splits, capsys, extra, message):
     train, valid = splits
     model = extra.pop("model", tiny_model)  # cwd is the repo root: checkpoints/ exists

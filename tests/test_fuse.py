@@ -1,0 +1,183 @@
+"""fuse stage: merged model equals base + adapter, and the verification catches a lost adapter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY, write_jsonl
+
+from src.fuse_model import main as fuse
+from src.genrm_sample import generate_rows, render_text
+from src.tiny_gemma import TinyGemmaConfig, build_tiny_gemma
+from src.train_sft import main as train
+
+
+def _train(root, model, bits: int):
+    rows = list(generate_rows(120, seed=8, long_fraction=0.0))
+    tr = write_jsonl(root / "train.jsonl", rows[:100])
+    va = write_jsonl(root / "valid.jsonl", rows[100:])
+    args = [
+        "--model",
+        str(model),
+        "--train-data",
+        str(tr),
+        "--valid-data",
+        str(va),
+        "--adapter-path",
+        str(root / "adapter"),
+        "--curves-dir",
+        str(root / "curves"),
+        "--metrics",
+        str(root / "train.json"),
+        "--iters",
+        "8",
+        "--grad-accum",
+        "2",
+        "--lora-layers",
+        "2",
+        "--rank",
+        "4",
+        "--learning-rate",
+        "5e-3",
+        "--warmup-steps",
+        "0",
+        "--steps-per-report",
+        "4",
+        "--steps-per-eval",
+        "8",
+        "--steps-per-save",
+        "8",
+        "--mask-prompt",
+        "--bits",
+        str(bits),
+    ]
+    assert train(args) == 0
+    return root
+
+
+@pytest.fixture(scope="module", params=[4, 0], ids=["qlora", "lora"])
+def trained(request, tmp_path_factory, tiny_model):
+    return _train(tmp_path_factory.mktemp(f"fuse{request.param}"), tiny_model, request.param)
+
+
+def _args(root, model, out, **extra) -> list[str]:
+    args = [
+        "--model",
+        str(model),
+        "--adapter-path",
+        str(root / "adapter"),
+        "--save-path",
+        str(out),
+        "--valid-data",
+        str(root / "valid.jsonl"),
+        "--train-metrics",
+        str(root / "train.json"),
+        "--generations-out",
+        str(out.parent / "gen.md"),
+        "--metrics",
+        str(out.parent / "fuse.json"),
+        "--verify-rows",
+        "8",
+        "--n-generations",
+        "1",
+        "--max-tokens",
+        "8",
+    ]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def test_fused_model_matches_base_plus_adapter(trained, tiny_model, tmp_path):
+    out = tmp_path / "merged"
+    assert fuse(_args(trained, tiny_model, out)) == 0
+    m = json.loads((tmp_path / "fuse.json").read_text())
+    assert m["max_logit_diff"] < 1e-3
+    assert m["max_logit_diff_base"] > 100 * m["max_logit_diff"]  # the adapter did something
+    train_ppl = json.loads((trained / "train.json").read_text())["valid_ppl"]
+    assert abs(m["valid_ppl_diff_vs_train"]) < 1e-3 * train_ppl
+    assert m["size_mb"] > 0 and m["n_params"] > 0
+
+    from mlx_lm import generate, load
+
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization" not in config and config["model_type"] == "gemma"
+    model, tok = load(str(out))
+    assert model.model.embed_tokens.weight.dtype == __import__("mlx.core").core.float32
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Compute 1 + 1."}], add_generation_prompt=True, tokenize=False
+    )
+    assert isinstance(generate(model, tok, prompt, max_tokens=4, verbose=False), str)
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (
+        out / "tokenizer_config.json"
+    ).read_text()
+    assert "## Example 1" in (tmp_path / "gen.md").read_text()
+
+    # A second run replaces its own previous output.
+    assert fuse(_args(trained, tiny_model, out)) == 0
+
+
+def test_qlora_fuse_reports_the_full_precision_alternative(tmp_path, tiny_model, trained):
+    out = tmp_path / "merged"
+    assert fuse(_args(trained, tiny_model, out)) == 0
+    m = json.loads((tmp_path / "fuse.json").read_text())
+    quantized = json.loads((trained / "adapter" / "adapter_config.json").read_text())[
+        "base_quantization"
+    ]
+    assert ("valid_ppl_fused_into_original" in m) == bool(quantized)
+
+
+def test_verification_catches_a_fuse_that_lost_the_adapter(
+    trained, tiny_model, tmp_path, monkeypatch, capsys
+):
+    from mlx_lm.tuner.lora import LoRALinear
+
+    monkeypatch.setattr(LoRALinear, "fuse", lambda self, dequantize=False: self.linear)
+    out = tmp_path / "merged"
+    assert fuse(_args(trained, tiny_model, out)) == 1
+    err = capsys.readouterr().err
+    assert "failed verification" in err and "the adapter was lost" in err
+    assert not out.exists() and not (tmp_path / "fuse.json").exists()
+
+
+def test_bad_inputs(trained, tiny_model, tmp_path, capsys):
+    out = tmp_path / "merged"
+    missing = _args(trained, tiny_model, out)
+    missing[missing.index("--adapter-path") + 1] = str(tmp_path / "nope")
+    assert fuse(missing) == 1
+    assert "adapter file" in capsys.readouterr().err
+
+    other = TinyGemmaConfig(
+        **{**TINY.__dict__, "hidden_size": 128, "intermediate_size": 256, "head_dim": 64}
+    )
+    wrong_base = build_tiny_gemma(
+        tmp_path / "wide", other, [render_text(r) for r in generate_rows(100, seed=1)]
+    )
+    assert fuse(_args(trained, wrong_base, out)) == 1
+    err = capsys.readouterr().err
+    assert "does not fit this base model" in err and "Traceback" not in err
+    assert not out.exists()
+
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    assert fuse(_args(trained, tiny_model, out)) == 1
+    assert "holds files this stage did not write" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+
+
+def test_keep_quantized_refuses_a_requantized_model_that_lost_the_adapter(
+    trained, tiny_model, tmp_path, capsys
+):
+    """Re-quantizing merged weights rounds a small LoRA delta away (mlx-lm issue 1172)."""
+    quantized = json.loads((trained / "adapter" / "adapter_config.json").read_text())[
+        "base_quantization"
+    ]
+    out = tmp_path / "merged"
+    code = fuse(_args(trained, tiny_model, out, keep_quantized="true"))
+    if not quantized:  # nothing to re-quantize: a plain LoRA base stays full precision
+        assert code == 0
+        return
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "issue 1172" in err and not out.exists()

@@ -1,0 +1,110 @@
+"""params.yaml and dvc.yaml agree: every key reaches a flag, every flag comes from params/vars."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+
+import yaml
+from conftest import ROOT
+
+STAGE_MODULES = {
+    "prepare_model": "src.prepare_model",
+    "sample_data": "src.make_sample_data",
+    "split": "src.split_data",
+    "train": "src.train_sft",
+    "fuse": "src.fuse_model",
+}
+REF = re.compile(r"\$\{([^}]+)\}")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _load():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    variables = {k: v for block in dvc["vars"] for k, v in block.items()}
+    return params, _flat(params), dvc, variables
+
+
+def _render(text: str, flat: dict, variables: dict) -> str:
+    def value(m):
+        v = {**flat, **variables}[m.group(1)]
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return REF.sub(value, text)
+
+
+def test_every_param_reaches_a_flag_and_every_flag_comes_from_params():
+    _, flat, dvc, variables = _load()
+    used = set()
+    for name, stage in dvc["stages"].items():
+        tokens = shlex.split(stage["cmd"])
+        assert tokens[:3] == ["python", "-m", STAGE_MODULES[name]]
+        listed = stage.get("params", [])
+        for flag, value in zip(tokens[3::2], tokens[4::2], strict=True):
+            assert flag.startswith("--"), (name, flag)
+            refs = REF.findall(value)
+            # every value is one ${...}: a params.yaml key, a dvc.yaml path var, or a metrics path
+            if not refs:
+                assert value.startswith("metrics/"), (name, flag, value)
+                continue
+            for ref in refs:
+                if ref in variables:
+                    continue
+                assert ref in flat, f"{name}: {flag} uses ${{{ref}}} missing from params.yaml"
+                assert ref in listed or ref.split(".")[0] in listed, (
+                    f"stage {name} reads {ref} but does not list it under params:"
+                )
+                used.add(ref)
+    assert set(flat) == used, f"params never used: {set(flat) - used}"
+
+
+def test_commands_parse_with_the_stages_own_parsers():
+    _, flat, dvc, variables = _load()
+    for name, stage in dvc["stages"].items():
+        argv = shlex.split(_render(stage["cmd"], flat, variables))[3:]
+        module = importlib.import_module(STAGE_MODULES[name])
+        module.build_parser().parse_args(argv)  # SystemExit on an unknown flag or bad value
+
+
+def test_defaults_are_the_recipes_hyperparameters_and_recipe_file_is_the_full_run():
+    params, flat, *_ = _load()
+    recipe = {
+        "train.learning_rate": 2.0e-4,
+        "train.batch_size": 4,
+        "train.grad_accum": 4,
+        "train.max_seq_length": 2048,
+        "lora.rank": 16,
+        "lora.num_layers": 16,
+        "train.mask_prompt": True,
+        "train.grad_checkpoint": True,
+        "train.optimizer": "adam",
+        "qlora.bits": 4,
+    }
+    for key, value in recipe.items():
+        assert flat[key] == value, key
+    assert isinstance(flat["train.learning_rate"], float)  # not the string PyYAML makes of 2e-4
+    # warmup scaled with the run length: recipe 100 updates of 5000 / 4
+    updates = flat["train.iters"] // flat["train.grad_accum"]
+    assert flat["train.warmup_steps"] == round(100 * updates / 1250)
+
+    full = _flat(yaml.safe_load((ROOT / "params.recipe.yaml").read_text()))
+    assert set(full) == set(flat)
+    differs = {k for k in flat if flat[k] != full[k]}
+    assert differs <= {
+        "model.name",
+        "train.iters",
+        "train.warmup_steps",
+        "train.steps_per_eval",
+        "train.steps_per_save",
+    }
+    assert full["model.name"] == "google/gemma-2b-it"
+    assert full["train.iters"] == 5000 and full["train.warmup_steps"] == 100

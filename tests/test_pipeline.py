@@ -1,0 +1,126 @@
+"""End to end: the real `dvc repro`, `dvc exp run -S`, params/metrics diff, push and pull."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+SMALL = {  # the default pipeline, shortened so the whole test takes about two minutes
+    "data": {"rows": 400},
+    "split": {"valid_size": 40},
+    "train": {
+        "iters": 8,
+        "grad_accum": 2,
+        "warmup_steps": 1,
+        "steps_per_report": 4,
+        "steps_per_eval": 4,
+        "steps_per_save": 4,
+    },
+    "fuse": {"verify_rows": 8, "n_generations": 1, "max_tokens": 8},
+}
+
+
+def _sh(cwd, *cmd, check=True) -> str:
+    env = {
+        **os.environ,
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        "PYTHONPATH": str(cwd),
+    }
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and done.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    repo.mkdir()
+    for item in ("src", "dvc.yaml", ".dvcignore", ".gitignore"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, repo / item)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in SMALL.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _sh(repo, "git", "init", "-q")
+    _sh(repo, "git", "config", "user.email", "t@example.com")
+    _sh(repo, "git", "config", "user.name", "test")
+    _sh(repo, "dvc", "init", "-q")
+    shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    return repo
+
+
+def test_repro_exp_run_diffs_and_noop(repo):
+    out = _sh(repo, "dvc", "repro")
+    for stage in ("prepare_model", "sample_data", "split", "train", "fuse"):
+        assert f"Running stage '{stage}'" in out
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare_model", "sample_data", "split", "train", "fuse"}
+    train = json.loads((repo / "metrics" / "train.json").read_text())
+    fuse = json.loads((repo / "metrics" / "fuse.json").read_text())
+    assert train["valid_loss"] < train["valid_loss_initial"]
+    assert fuse["max_logit_diff"] < 1e-3
+    assert (repo / "checkpoints" / "sft_merged_model" / "config.json").is_file()
+
+    assert "Data and pipelines are up to date" in _sh(repo, "dvc", "repro")  # no-op
+
+    # Same params, same data: the same metrics (timings aside).
+    _sh(repo, "dvc", "repro", "--force", "--single-item", "train")
+    again = json.loads((repo / "metrics" / "train.json").read_text())
+    for key in (
+        "valid_loss",
+        "valid_loss_initial",
+        "train_loss",
+        "best_valid_ppl",
+        "trained_tokens",
+    ):
+        assert again[key] == train[key], key
+
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "commit", "-qm", "baseline")
+    out = _sh(repo, "dvc", "exp", "run", "-S", "lora.rank=8")
+    assert "Running stage 'train'" in out and "Running stage 'fuse'" in out
+    assert "Running stage 'split'" not in out and "Running stage 'prepare_model'" not in out
+
+    params_diff = json.loads(_sh(repo, "dvc", "params", "diff", "--json"))
+    rank = params_diff["params.yaml"]["lora.rank"]
+    assert (rank["old"], rank["new"]) == (16, 8)
+    metrics_diff = json.loads(_sh(repo, "dvc", "metrics", "diff", "--json"))
+    assert "valid_loss" in metrics_diff["metrics/train.json"]
+    shown = json.dumps(json.loads(_sh(repo, "dvc", "exp", "show", "--json")))
+    assert '"rank": 8' in shown and '"rank": 16' in shown  # the experiment beside its baseline
+    adapter = json.loads((repo / "checkpoints/sft_adapter/adapter_config.json").read_text())
+    assert adapter["lora_parameters"]["rank"] == 8
+
+
+def test_push_and_pull_restore_data_and_models(repo, tmp_path):
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "commit", "-qm", "rank 8", check=False)
+    remote = tmp_path / "remote"
+    _sh(repo, "dvc", "remote", "add", "-d", "local", str(remote))
+    _sh(repo, "dvc", "push")
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "commit", "-qm", "remote")
+    clone = tmp_path / "clone"
+    _sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "checkpoints" / "sft_merged_model").exists()
+    _sh(clone, "dvc", "pull")
+    for path in (
+        "data/processed/sft/sft_genrm_train.jsonl",
+        "data/processed/sft/sft_train.jsonl",
+        "checkpoints/base_model/model.safetensors",
+        "checkpoints/sft_adapter/adapters.safetensors",
+        "checkpoints/sft_merged_model/config.json",
+    ):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+    assert "up to date" in _sh(clone, "dvc", "status")
