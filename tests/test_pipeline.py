@@ -26,6 +26,7 @@ SMALL = {  # the default pipeline, shortened so the whole test takes about two m
         "steps_per_save": 4,
     },
     "fuse": {"verify_rows": 8, "n_generations": 1, "max_tokens": 8},
+    "eval": {"max_tokens": 8, "limit": 16},
 }
 
 
@@ -62,10 +63,11 @@ def repo(tmp_path_factory):
 
 def test_repro_exp_run_diffs_and_noop(repo):
     out = _sh(repo, "dvc", "repro")
-    for stage in ("prepare_model", "sample_data", "split", "train", "fuse"):
+    stages = {"prepare_model", "sample_data", "split", "train", "fuse", "evaluate"}
+    for stage in stages:
         assert f"Running stage '{stage}'" in out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare_model", "sample_data", "split", "train", "fuse"}
+    assert set(lock["stages"]) == stages
     train = json.loads((repo / "metrics" / "train.json").read_text())
     fuse = json.loads((repo / "metrics" / "fuse.json").read_text())
     assert train["valid_loss"] < train["valid_loss_initial"]
@@ -89,7 +91,8 @@ def test_repro_exp_run_diffs_and_noop(repo):
     _sh(repo, "git", "add", "-A")
     _sh(repo, "git", "commit", "-qm", "baseline")
     out = _sh(repo, "dvc", "exp", "run", "-S", "lora.rank=8")
-    assert "Running stage 'train'" in out and "Running stage 'fuse'" in out
+    for stage in ("train", "fuse", "evaluate"):
+        assert f"Running stage '{stage}'" in out
     assert "Running stage 'split'" not in out and "Running stage 'prepare_model'" not in out
 
     params_diff = json.loads(_sh(repo, "dvc", "params", "diff", "--json"))
@@ -97,6 +100,9 @@ def test_repro_exp_run_diffs_and_noop(repo):
     assert (rank["old"], rank["new"]) == (16, 8)
     metrics_diff = json.loads(_sh(repo, "dvc", "metrics", "diff", "--json"))
     assert "valid_loss" in metrics_diff["metrics/train.json"]
+    assert (
+        "verdict_accuracy" in json.loads(_sh(repo, "dvc", "metrics", "show", "--json")).__repr__()
+    )
     shown = json.dumps(json.loads(_sh(repo, "dvc", "exp", "show", "--json")))
     assert '"rank": 8' in shown and '"rank": 16' in shown  # the experiment beside its baseline
     adapter = json.loads((repo / "checkpoints/sft_adapter/adapter_config.json").read_text())

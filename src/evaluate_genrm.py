@@ -1,0 +1,181 @@
+"""evaluate stage: measure the fused judge on held-out rows, not just its perplexity.
+
+Reads the merged model and the validation split (held out from every gradient update; the fused
+model is the final adapter, so validation rows never selected it). For each row the judge writes
+its verdict with greedy decoding (mlx-lm's ``batch_generate``); the score is parsed and compared
+with the truth:
+
+- ``parse_rate``: judgements with a ``Score: N/10`` line (an unparsable one is counted, never a
+  crash, and counts as wrong below);
+- ``verdict_accuracy``: score >= 6 vs the row's ``metadata.label`` (chance: 0.5);
+- ``mean_abs_score_error`` and ``reference_verdict_agreement``: against the reference assistant's
+  own score (usable when rows carry no label);
+- ``pairwise_accuracy``: for tasks with a correct and an incorrect response, how often the
+  correct one scores higher (chance: 0.5);
+- ``direct_auc``: AUC of a generation-free score (one forward pass, ``src/judge.py``).
+
+Writes ``metrics/eval.json`` and every judgement to ``metrics/eval_judgements.jsonl``.
+
+Params: ``eval.*``.
+
+    uv run python -m src.evaluate_genrm --model checkpoints/sft_merged_model \\
+        --data data/processed/sft/sft_valid.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .judge import CORRECT_AT, auc, direct_scores, pairwise_accuracy, parse_score
+from .model_source import resolve_model
+from .runtime import DataError, StageError, atomic_path, run_main
+from .sft_data import CHAT, read_jsonl, validate_rows
+
+
+@dataclass
+class EvalConfig:
+    model: str = "checkpoints/sft_merged_model"
+    data: Path = Path("data/processed/sft/sft_valid.jsonl")
+    judgements_out: Path = Path("metrics/eval_judgements.jsonl")
+    max_tokens: int = 64
+    batch_size: int = 32
+    limit: int = 0  # 0: every row
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise StageError(f"--{name.replace('_', '-')} must be >= 1.")
+        if self.limit < 0:
+            raise StageError("--limit must be >= 0 (0 evaluates every row).")
+
+
+def _rate(hits: int, n: int) -> float | None:
+    return round(hits / n, 4) if n else None
+
+
+def run(cfg: EvalConfig) -> dict:
+    from mlx_lm import load
+    from mlx_lm.generate import batch_generate
+
+    numbered = read_jsonl(cfg.data)
+    if validate_rows(numbered, cfg.data) != CHAT:
+        raise DataError(
+            cfg.data,
+            None,
+            "the judge is evaluated on chat rows",
+            'use {"messages": [...]} rows ending with the reference judgement',
+        )
+    rows = [r for _, r in numbered][: cfg.limit or None]
+    model, tokenizer = load(str(resolve_model(cfg.model)))
+
+    prompts = [
+        tokenizer.apply_chat_template(
+            r["messages"][:-1], add_generation_prompt=True, tokenize=False
+        )
+        for r in rows
+    ]
+    prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    t0 = time.perf_counter()
+    texts = []
+    for start in range(0, len(rows), cfg.batch_size):
+        out = batch_generate(
+            model, tokenizer, prompt_ids[start : start + cfg.batch_size], max_tokens=cfg.max_tokens
+        )
+        texts += out.texts
+    gen_seconds = time.perf_counter() - t0
+    direct = direct_scores(model, tokenizer, prompt_ids)
+
+    meta = [r.get("metadata") if isinstance(r.get("metadata"), dict) else {} for r in rows]
+    labels = [m.get("label") for m in meta]
+    refs = [
+        m["score"] if "score" in m else parse_score(r["messages"][-1]["content"])
+        for r, m in zip(rows, meta, strict=True)
+    ]
+    scores = [parse_score(t) for t in texts]
+
+    labelled = [(s, y) for s, y in zip(scores, labels, strict=True) if y is not None]
+    right = sum(s is not None and (s >= CORRECT_AT) == bool(y) for s, y in labelled)
+    parsed_labelled = [(s, y) for s, y in labelled if s is not None]
+    with_ref = [
+        (s, r) for s, r in zip(scores, refs, strict=True) if s is not None and r is not None
+    ]
+    pair_acc, n_pairs = pairwise_accuracy([m.get("task_id") for m in meta], scores, labels)
+    direct_auc = auc(
+        [d for d, y in zip(direct, labels, strict=True) if y is not None],
+        [int(y) for y in labels if y is not None],
+    )
+
+    with atomic_path(cfg.judgements_out) as tmp:
+        tmp.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "judgement": t,
+                        "score": s,
+                        "direct_score": round(d, 4),
+                        "label": y,
+                        "reference": r,
+                    }
+                )
+                + "\n"
+                for t, s, d, y, r in zip(texts, scores, direct, labels, refs, strict=True)
+            )
+        )
+
+    n = len(rows)
+    metrics = {
+        "n_eval": n,
+        "n_parsed": sum(s is not None for s in scores),
+        "parse_rate": _rate(sum(s is not None for s in scores), n),
+        "verdict_accuracy": _rate(right, len(labelled)),
+        "verdict_accuracy_parsed": _rate(
+            sum((s >= CORRECT_AT) == bool(y) for s, y in parsed_labelled), len(parsed_labelled)
+        ),
+        "mean_abs_score_error": (
+            round(sum(abs(s - r) for s, r in with_ref) / len(with_ref), 4) if with_ref else None
+        ),
+        "reference_verdict_agreement": _rate(
+            sum((s >= CORRECT_AT) == (r >= CORRECT_AT) for s, r in with_ref), len(with_ref)
+        ),
+        "pairwise_accuracy": round(pair_acc, 4) if pair_acc is not None else None,
+        "n_pairs": n_pairs,
+        "direct_auc": round(direct_auc, 4) if direct_auc is not None else None,
+        "generation_seconds": round(gen_seconds, 2),
+    }
+    # Metrics that have no data (e.g. no labels) are left out, not written as NaN.
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EvalConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m src.evaluate_genrm", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--data", type=Path, default=d.data)
+    p.add_argument("--judgements-out", type=Path, default=d.judgements_out)
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--limit", type=int, default=d.limit)
+    p.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    metrics_path = args.pop("metrics")
+    try:
+        cfg = EvalConfig(**args)
+    except StageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run_main(lambda: run(cfg), metrics_path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

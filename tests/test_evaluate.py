@@ -1,0 +1,219 @@
+"""evaluate stage: parsing the judge, the metrics, and the stage on a tiny fused model."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from conftest import read_jsonl, write_jsonl
+
+from src.evaluate_genrm import main as evaluate
+from src.genrm_sample import generate_rows
+from src.judge import auc, pairwise_accuracy, parse_score, score_tokens
+
+
+@pytest.mark.parametrize(
+    "text, score",
+    [
+        ("Critique: fine.\nScore: 8/10", 8.0),
+        ("Score: 3/10 ... on reflection Score: 9 / 10", 9.0),
+        ("Score: 7.5/10", 7.5),
+        ("Score: 11/10", None),
+        ("Score: /10", None),
+        ("no verdict at all", None),
+        ("", None),
+        ("Score: 8/100", None),
+    ],
+)
+def test_parse_score(text, score):
+    assert parse_score(text) == score
+
+
+def test_auc_and_pairwise():
+    assert auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert auc([0.5, 0.5], [1, 0]) == 0.5
+    assert auc([0.5, 0.6], [1, 1]) is None
+    acc, n = pairwise_accuracy(
+        ["a", "a", "a", "b", "b", "c"], [9, 2, None, 5, 5, 7], [1, 0, 0, 1, 0, 1]
+    )
+    # task a: (9>2) win, (9 vs unparsed) win; task b: tie = 0.5; task c: no pair
+    assert n == 3 and acc == pytest.approx(2.5 / 3)
+
+
+def test_score_tokens_cover_every_score(tiny_model):
+    from src.model_source import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    prefix, numbers, slash = score_tokens(tok)
+    assert tok.decode(prefix).strip() == "Score:"
+    for score, toks in numbers.items():
+        assert tok.decode(prefix + toks + [slash]).replace(" ", "") == f"Score:{score}/"
+    assert len({tuple(t) for t in numbers.values()}) == 11
+
+
+def test_direct_score_follows_the_model(tiny_model, monkeypatch):
+    """With a model that puts all mass on one verdict, the expected score is that verdict."""
+    import mlx.core as mx
+
+    from src.judge import direct_scores
+    from src.model_source import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    prefix, numbers, slash = score_tokens(tok)
+    for target in (2, 7, 10):
+        seq = numbers[target] + [slash]
+
+        def model(x, seq=seq):  # after the prefix, emit the target's tokens then "/"
+            b, t = x.shape
+            logits = mx.full((b, t, 512), -30.0)
+            done = [int((x[i] != 0).sum()) for i in range(b)]
+            for i in range(b):
+                row = x[i, : done[i]].tolist()
+                k = max(j for j in range(len(seq) + 1) if j == 0 or row[-j:] == seq[:j])
+                logits[i, done[i] - 1, seq[min(k, len(seq) - 1)]] = 30.0
+            return logits
+
+        got = direct_scores(model, tok, [[5, 6, 7], [8, 9]])
+        assert got == pytest.approx([target, target], abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory, tiny_model):
+    from src.fuse_model import main as fuse
+    from src.train_sft import main as train
+
+    root = tmp_path_factory.mktemp("eval")
+    rows = list(generate_rows(120, seed=8, long_fraction=0.0))
+    tr = write_jsonl(root / "train.jsonl", rows[:90])
+    va = write_jsonl(root / "valid.jsonl", rows[90:])
+    assert (
+        train(
+            [
+                "--model",
+                str(tiny_model),
+                "--train-data",
+                str(tr),
+                "--valid-data",
+                str(va),
+                "--adapter-path",
+                str(root / "adapter"),
+                "--curves-dir",
+                str(root / "c"),
+                "--metrics",
+                str(root / "t.json"),
+                "--iters",
+                "4",
+                "--grad-accum",
+                "2",
+                "--lora-layers",
+                "2",
+                "--rank",
+                "4",
+                "--warmup-steps",
+                "0",
+                "--steps-per-report",
+                "2",
+                "--steps-per-eval",
+                "4",
+                "--steps-per-save",
+                "4",
+                "--mask-prompt",
+            ]
+        )
+        == 0
+    )
+    assert (
+        fuse(
+            [
+                "--model",
+                str(tiny_model),
+                "--adapter-path",
+                str(root / "adapter"),
+                "--save-path",
+                str(root / "merged"),
+                "--valid-data",
+                str(va),
+                "--generations-out",
+                str(root / "g.md"),
+                "--metrics",
+                str(root / "f.json"),
+                "--verify-rows",
+                "4",
+                "--n-generations",
+                "1",
+                "--max-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
+    return root
+
+
+def _eval_args(root, **extra):
+    args = [
+        "--model",
+        str(root / "merged"),
+        "--data",
+        str(root / "valid.jsonl"),
+        "--judgements-out",
+        str(root / "j.jsonl"),
+        "--metrics",
+        str(root / "eval.json"),
+        "--max-tokens",
+        "6",
+        "--batch-size",
+        "8",
+    ]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def test_stage_runs_on_a_fused_model(fused):
+    assert evaluate(_eval_args(fused, limit=12)) == 0
+    m = json.loads((fused / "eval.json").read_text())
+    assert m["n_eval"] == 12 and 0 <= m["parse_rate"] <= 1
+    assert 0 <= m["verdict_accuracy"] <= 1 and 0 <= m["direct_auc"] <= 1
+    judgements = read_jsonl(fused / "j.jsonl")
+    assert len(judgements) == 12 and all("judgement" in j for j in judgements)
+
+
+def test_metrics_of_a_perfect_and_a_broken_judge(fused, monkeypatch):
+    import importlib
+
+    gen = importlib.import_module(
+        "mlx_lm.generate"
+    )  # `mlx_lm.generate` the attribute is a function
+
+    rows = read_jsonl(fused / "valid.jsonl")
+    answers = {
+        "perfect": [r["messages"][-1]["content"] for r in rows],
+        "broken": ["Score: 11/10", "no verdict", "Score: /10"] * len(rows),
+    }
+    results = {}
+    for name, texts in answers.items():
+        queue = list(texts)
+
+        def fake(model, tokenizer, prompts, max_tokens, queue=queue):
+            out = [queue.pop(0) for _ in prompts]
+            return SimpleNamespace(texts=out)
+
+        monkeypatch.setattr(gen, "batch_generate", fake)
+        assert evaluate(_eval_args(fused)) == 0
+        results[name] = json.loads((fused / "eval.json").read_text())
+    perfect, broken = results["perfect"], results["broken"]
+    assert perfect["parse_rate"] == 1.0 and perfect["verdict_accuracy"] == 1.0
+    assert perfect["mean_abs_score_error"] == 0.0 and perfect["reference_verdict_agreement"] == 1.0
+    assert perfect["n_pairs"] > 0 and perfect["pairwise_accuracy"] == 1.0
+    assert broken["parse_rate"] == 0.0 and broken["verdict_accuracy"] == 0.0
+    assert "mean_abs_score_error" not in broken  # nothing parsed: left out, not NaN
+    assert broken["pairwise_accuracy"] == 0.0
+
+
+def test_non_chat_rows_are_refused(tmp_path, capsys, fused):
+    data = write_jsonl(tmp_path / "v.jsonl", [{"text": "hello"}])
+    assert evaluate(_eval_args(fused, data=data)) == 1
+    assert "evaluated on chat rows" in capsys.readouterr().err
