@@ -29,6 +29,23 @@ def masked_loss(model, batch, lengths):
     return ce.astype(mx.float32).sum() / mx.maximum(ntoks, 1), ntoks
 
 
+def global_masked_loss(model, batch, lengths):
+    """``masked_loss`` whose gradient, once mlx-lm averages it over ranks, is the token-weighted
+    mean over the *global* batch, as in a single process.
+
+    Under ``mlx.launch`` each rank sees part of the batch, and mlx-lm averages the ranks' mean
+    losses: ranks with fewer trained tokens would weigh more than in a single process. Scaling
+    each rank's loss by ``world * local_tokens / global_tokens`` makes the averaged gradient (and
+    the reported loss) exactly the single-process one. Without distribution it is ``masked_loss``.
+    """
+    loss, ntoks = masked_loss(model, batch, lengths)
+    group = mx.distributed.init()
+    if group.size() == 1:
+        return loss, ntoks
+    total = mx.stop_gradient(mx.distributed.all_sum(ntoks, group=group))
+    return loss * (ntoks * group.size() / mx.maximum(total, 1)), ntoks
+
+
 class BatchIterator:
     """A drop-in for mlx-lm's ``iterate_batches`` that can start mid-run and covers every row.
 

@@ -404,7 +404,7 @@ def run(cfg: TrainConfig) -> dict:
     from mlx_lm.tuner.trainer import TrainingArgs, train
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from .sft_loop import BatchIterator, evaluate_full, masked_loss
+    from .sft_loop import BatchIterator, evaluate_full, global_masked_loss
 
     wall0 = time.perf_counter()
     rank0 = is_rank0()
@@ -541,7 +541,7 @@ def run(cfg: TrainConfig) -> dict:
                 train_dataset=train_set,
                 val_dataset=None,
                 args=args,
-                loss=masked_loss,
+                loss=global_masked_loss,
                 iterate_batches=BatchIterator(cfg.seed, start),
                 training_callback=Reporter(),
             )

@@ -15,6 +15,7 @@ STAGE_MODULES = {
     "split": "src.split_data",
     "train": "src.train_sft",
     "fuse": "src.fuse_model",
+    "evaluate": "src.evaluate_genrm",
 }
 REF = re.compile(r"\$\{([^}]+)\}")
 
@@ -47,8 +48,12 @@ def test_every_param_reaches_a_flag_and_every_flag_comes_from_params():
     used = set()
     for name, stage in dvc["stages"].items():
         tokens = shlex.split(stage["cmd"])
-        assert tokens[:3] == ["python", "-m", STAGE_MODULES[name]]
         listed = stage.get("params", [])
+        if tokens[0] == "${train.launcher}":  # e.g. `mlx.launch -n 2 --` for distributed training
+            used.add("train.launcher")
+            assert "train.launcher" in listed or "train" in listed
+            tokens = tokens[1:]
+        assert tokens[:3] == ["python", "-m", STAGE_MODULES[name]]
         for flag, value in zip(tokens[3::2], tokens[4::2], strict=True):
             assert flag.startswith("--"), (name, flag)
             refs = REF.findall(value)
@@ -70,7 +75,8 @@ def test_every_param_reaches_a_flag_and_every_flag_comes_from_params():
 def test_commands_parse_with_the_stages_own_parsers():
     _, flat, dvc, variables = _load()
     for name, stage in dvc["stages"].items():
-        argv = shlex.split(_render(stage["cmd"], flat, variables))[3:]
+        tokens = shlex.split(_render(stage["cmd"], flat, variables))
+        argv = tokens[tokens.index("python") + 3 :]
         module = importlib.import_module(STAGE_MODULES[name])
         module.build_parser().parse_args(argv)  # SystemExit on an unknown flag or bad value
 
