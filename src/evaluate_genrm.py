@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .judge import CORRECT_AT, auc, direct_scores, pairwise_accuracy, parse_score
 from .model_source import resolve_model
-from .runtime import DataError, StageError, atomic_path, run_main
+from .runtime import DataError, StageError, atomic_path, stage_main
 from .sft_data import CHAT, read_jsonl, validate_rows
 
 
@@ -167,14 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    metrics_path = args.pop("metrics")
-    try:
-        cfg = EvalConfig(**args)
-    except StageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return run_main(lambda: run(cfg), metrics_path)
+    return stage_main(build_parser(), EvalConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base_model import load_base
-from .runtime import DataError, StageError, add_bool_flag, atomic_path, run_main, write_json
+from .runtime import (
+    DataError,
+    StageError,
+    add_bool_flag,
+    atomic_path,
+    stage_main,
+    write_json,
+)
 from .sft_data import make_dataset, read_jsonl, validate_rows
 
 MARKER = "fuse_info.json"  # written into every model this stage saves
@@ -313,14 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    metrics_path = args.pop("metrics")
-    try:
-        cfg = FuseConfig(**args)
-    except StageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return run_main(lambda: run(cfg), metrics_path)
+    return stage_main(build_parser(), FuseConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,24 @@ def run_main(run: Callable[[], dict], metrics_path: str | Path | None) -> int:
     return 0
 
 
+def stage_main(
+    parser: argparse.ArgumentParser,
+    config_cls,
+    run: Callable[[object], dict],
+    argv: list[str] | None,
+) -> int:
+    """A stage's whole CLI: parse flags, build its typed config (bad values exit 2 with the
+    message), run it, write its metrics (``--metrics``)."""
+    args = vars(parser.parse_args(argv))
+    metrics_path = args.pop("metrics")
+    try:
+        cfg = config_cls(**args)
+    except StageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run_main(lambda: run(cfg), metrics_path)
+
+
 def check_range(
     name: str, value: float, low: float | None = None, high: float | None = None, hint: str = ""
 ) -> None:

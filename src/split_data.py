@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from .model_source import load_tokenizer
-from .runtime import DataError, StageError, add_bool_flag, atomic_path, check_range, run_main
+from .runtime import (
+    DataError,
+    StageError,
+    add_bool_flag,
+    atomic_path,
+    check_range,
+    stage_main,
+)
 from .sft_data import (
     CHAT,
     fast_renderer,
@@ -248,14 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    metrics_path = args.pop("metrics")
-    try:
-        cfg = SplitConfig(**args)
-    except StageError as err:
-        print(f"error: {err}")
-        return 2
-    return run_main(lambda: run(cfg), metrics_path)
+    return stage_main(build_parser(), SplitConfig, run, argv)
 
 
 if __name__ == "__main__":

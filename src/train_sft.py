@@ -48,7 +48,7 @@ from .runtime import (
     atomic_path,
     check_range,
     is_rank0,
-    run_main,
+    stage_main,
     write_json,
 )
 from .sft_data import make_dataset, read_jsonl, validate_rows
@@ -617,14 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    metrics_path = args.pop("metrics")
-    try:
-        cfg = TrainConfig(**args)
-    except StageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return run_main(lambda: run(cfg), metrics_path)
+    return stage_main(build_parser(), TrainConfig, run, argv)
 
 
 if __name__ == "__main__":
