@@ -57,3 +57,40 @@ def splits(tmp_path, genrm_rows) -> tuple[Path, Path]:
     train = write_jsonl(tmp_path / "train.jsonl", genrm_rows[:200])
     valid = write_jsonl(tmp_path / "valid.jsonl", genrm_rows[200:])
     return train, valid
+
+
+def flags(**options) -> list[str]:
+    """``flags(iters=8, mask_prompt=True)`` -> ``["--iters", "8", "--mask-prompt", "true"]``."""
+    return [
+        x
+        for k, v in options.items()
+        for x in (f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v))
+    ]
+
+
+def train_tiny_adapter(root: Path, model: Path, **options) -> Path:
+    """Train a small adapter on GenRM rows into ``root/adapter`` (train.jsonl / valid.jsonl and
+    train.json beside it), for the stages after train."""
+    from src.train_sft import main as train
+
+    rows = list(generate_rows(120, seed=8, long_fraction=0.0))
+    settings = dict(
+        model=model,
+        train_data=write_jsonl(root / "train.jsonl", rows[:100]),
+        valid_data=write_jsonl(root / "valid.jsonl", rows[100:]),
+        adapter_path=root / "adapter",
+        curves_dir=root / "curves",
+        metrics=root / "train.json",
+        iters=8,
+        grad_accum=2,
+        lora_layers=2,
+        rank=4,
+        learning_rate=5e-3,
+        warmup_steps=0,
+        steps_per_report=4,
+        steps_per_eval=8,
+        steps_per_save=8,
+        mask_prompt=True,
+    )
+    assert train(flags(**{**settings, **options})) == 0
+    return root

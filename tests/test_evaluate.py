@@ -6,10 +6,9 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import read_jsonl, write_jsonl
+from conftest import flags, read_jsonl, train_tiny_adapter, write_jsonl
 
 from src.evaluate_genrm import main as evaluate
-from src.genrm_sample import generate_rows
 from src.judge import auc, pairwise_accuracy, parse_score, score_tokens
 
 
@@ -82,70 +81,23 @@ def test_direct_score_follows_the_model(tiny_model, monkeypatch):
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory, tiny_model):
     from src.fuse_model import main as fuse
-    from src.train_sft import main as train
 
-    root = tmp_path_factory.mktemp("eval")
-    rows = list(generate_rows(120, seed=8, long_fraction=0.0))
-    tr = write_jsonl(root / "train.jsonl", rows[:90])
-    va = write_jsonl(root / "valid.jsonl", rows[90:])
-    assert (
-        train(
-            [
-                "--model",
-                str(tiny_model),
-                "--train-data",
-                str(tr),
-                "--valid-data",
-                str(va),
-                "--adapter-path",
-                str(root / "adapter"),
-                "--curves-dir",
-                str(root / "c"),
-                "--metrics",
-                str(root / "t.json"),
-                "--iters",
-                "4",
-                "--grad-accum",
-                "2",
-                "--lora-layers",
-                "2",
-                "--rank",
-                "4",
-                "--warmup-steps",
-                "0",
-                "--steps-per-report",
-                "2",
-                "--steps-per-eval",
-                "4",
-                "--steps-per-save",
-                "4",
-                "--mask-prompt",
-            ]
-        )
-        == 0
+    root = train_tiny_adapter(
+        tmp_path_factory.mktemp("eval"), tiny_model, iters=4, steps_per_eval=4, steps_per_save=4
     )
     assert (
         fuse(
-            [
-                "--model",
-                str(tiny_model),
-                "--adapter-path",
-                str(root / "adapter"),
-                "--save-path",
-                str(root / "merged"),
-                "--valid-data",
-                str(va),
-                "--generations-out",
-                str(root / "g.md"),
-                "--metrics",
-                str(root / "f.json"),
-                "--verify-rows",
-                "4",
-                "--n-generations",
-                "1",
-                "--max-tokens",
-                "4",
-            ]
+            flags(
+                model=tiny_model,
+                adapter_path=root / "adapter",
+                save_path=root / "merged",
+                valid_data=root / "valid.jsonl",
+                generations_out=root / "g.md",
+                metrics=root / "f.json",
+                verify_rows=4,
+                n_generations=1,
+                max_tokens=4,
+            )
         )
         == 0
     )
@@ -153,23 +105,15 @@ def fused(tmp_path_factory, tiny_model):
 
 
 def _eval_args(root, **extra):
-    args = [
-        "--model",
-        str(root / "merged"),
-        "--data",
-        str(root / "valid.jsonl"),
-        "--judgements-out",
-        str(root / "j.jsonl"),
-        "--metrics",
-        str(root / "eval.json"),
-        "--max-tokens",
-        "6",
-        "--batch-size",
-        "8",
-    ]
-    for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return args
+    settings = dict(
+        model=root / "merged",
+        data=root / "valid.jsonl",
+        judgements_out=root / "j.jsonl",
+        metrics=root / "eval.json",
+        max_tokens=6,
+        batch_size=8,
+    )
+    return flags(**{**settings, **extra})
 
 
 def test_stage_runs_on_a_fused_model(fused):

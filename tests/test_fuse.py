@@ -5,88 +5,33 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY, write_jsonl
+from conftest import TINY, flags, train_tiny_adapter
 
 from src.fuse_model import main as fuse
 from src.genrm_sample import generate_rows, render_text
 from src.tiny_gemma import TinyGemmaConfig, build_tiny_gemma
-from src.train_sft import main as train
-
-
-def _train(root, model, bits: int):
-    rows = list(generate_rows(120, seed=8, long_fraction=0.0))
-    tr = write_jsonl(root / "train.jsonl", rows[:100])
-    va = write_jsonl(root / "valid.jsonl", rows[100:])
-    args = [
-        "--model",
-        str(model),
-        "--train-data",
-        str(tr),
-        "--valid-data",
-        str(va),
-        "--adapter-path",
-        str(root / "adapter"),
-        "--curves-dir",
-        str(root / "curves"),
-        "--metrics",
-        str(root / "train.json"),
-        "--iters",
-        "8",
-        "--grad-accum",
-        "2",
-        "--lora-layers",
-        "2",
-        "--rank",
-        "4",
-        "--learning-rate",
-        "5e-3",
-        "--warmup-steps",
-        "0",
-        "--steps-per-report",
-        "4",
-        "--steps-per-eval",
-        "8",
-        "--steps-per-save",
-        "8",
-        "--mask-prompt",
-        "--bits",
-        str(bits),
-    ]
-    assert train(args) == 0
-    return root
 
 
 @pytest.fixture(scope="module", params=[4, 0], ids=["qlora", "lora"])
 def trained(request, tmp_path_factory, tiny_model):
-    return _train(tmp_path_factory.mktemp(f"fuse{request.param}"), tiny_model, request.param)
+    root = tmp_path_factory.mktemp(f"fuse{request.param}")
+    return train_tiny_adapter(root, tiny_model, bits=request.param)
 
 
 def _args(root, model, out, **extra) -> list[str]:
-    args = [
-        "--model",
-        str(model),
-        "--adapter-path",
-        str(root / "adapter"),
-        "--save-path",
-        str(out),
-        "--valid-data",
-        str(root / "valid.jsonl"),
-        "--train-metrics",
-        str(root / "train.json"),
-        "--generations-out",
-        str(out.parent / "gen.md"),
-        "--metrics",
-        str(out.parent / "fuse.json"),
-        "--verify-rows",
-        "8",
-        "--n-generations",
-        "1",
-        "--max-tokens",
-        "8",
-    ]
-    for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return args
+    return flags(
+        model=model,
+        adapter_path=root / "adapter",
+        save_path=out,
+        valid_data=root / "valid.jsonl",
+        train_metrics=root / "train.json",
+        generations_out=out.parent / "gen.md",
+        metrics=out.parent / "fuse.json",
+        verify_rows=8,
+        n_generations=1,
+        max_tokens=8,
+        **extra,
+    )
 
 
 def test_fused_model_matches_base_plus_adapter(trained, tiny_model, tmp_path):
