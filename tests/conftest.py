@@ -68,6 +68,31 @@ def flags(**options) -> list[str]:
     ]
 
 
+def train_flags(out: Path, model, train, valid, **extra) -> list[str]:
+    """Flags for a short train-stage run on the tiny model, outputs under ``out``."""
+    settings = dict(
+        model=model,
+        train_data=train,
+        valid_data=valid,
+        adapter_path=out / "adapter",
+        curves_dir=out / "curves",
+        metrics=out / "train.json",
+        iters=8,
+        batch_size=4,
+        grad_accum=2,
+        lora_layers=2,
+        rank=4,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        steps_per_report=2,
+        steps_per_eval=4,
+        steps_per_save=4,
+        mask_prompt=True,
+        seed=0,
+    )
+    return flags(**{**settings, **extra})
+
+
 def train_tiny_adapter(root: Path, model: Path, **options) -> Path:
     """Train a small adapter on GenRM rows into ``root/adapter`` (train.jsonl / valid.jsonl and
     train.json beside it), for the stages after train."""

@@ -10,37 +10,15 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, train_flags
 
 pytestmark = pytest.mark.slow
 
 
 def _train(tmp_path, model, train, valid, tag, launch: bool, **extra) -> dict:
     out = tmp_path / tag
-    args = {
-        "model": model,
-        "train_data": train,
-        "valid_data": valid,
-        "adapter_path": out / "adapter",
-        "state_dir": tmp_path / f"{tag}_state",
-        "curves_dir": out / "curves",
-        "metrics": out / "train.json",
-        "iters": 8,
-        "batch_size": 4,
-        "grad_accum": 2,
-        "lora_layers": 2,
-        "rank": 4,
-        "learning_rate": 1e-3,
-        "warmup_steps": 1,
-        "steps_per_report": 2,
-        "steps_per_eval": 4,
-        "steps_per_save": 4,
-        "mask_prompt": "true",
-        "seed": 0,
-        **extra,
-    }
-    cmd = [sys.executable, "-m", "src.train_sft"]
-    cmd += [x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    args = train_flags(out, model, train, valid, state_dir=tmp_path / f"{tag}_state", **extra)
+    cmd = [sys.executable, "-m", "src.train_sft", *args]
     if launch:
         launcher = os.path.join(os.path.dirname(sys.executable), "mlx.launch")
         cmd = [launcher, "-n", "2", "--backend", "ring", "--", *cmd]

@@ -12,37 +12,12 @@ import time
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import ROOT, write_jsonl
+from conftest import ROOT, train_flags, write_jsonl
 
 from src.model_source import load_tokenizer
 from src.sft_data import make_dataset
 from src.sft_loop import BatchIterator, masked_loss
 from src.train_sft import main
-
-
-def _args(tmp_path, model, train, valid, **extra) -> list[str]:
-    base = {
-        "model": model,
-        "train_data": train,
-        "valid_data": valid,
-        "adapter_path": tmp_path / "adapter",
-        "curves_dir": tmp_path / "curves",
-        "metrics": tmp_path / "train.json",
-        "iters": 8,
-        "batch_size": 4,
-        "grad_accum": 2,
-        "lora_layers": 2,
-        "rank": 4,
-        "learning_rate": 1e-3,
-        "warmup_steps": 1,
-        "steps_per_report": 2,
-        "steps_per_eval": 4,
-        "steps_per_save": 4,
-        "mask_prompt": True,
-        "seed": 0,
-    }
-    base.update(extra)
-    return [x for k, v in base.items() for x in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def test_mask_trains_exactly_the_assistant_turn(tiny_model, genrm_rows):
@@ -172,7 +147,7 @@ def test_recipe_flags_train_and_write_outputs(tmp_path, tiny_model, splits):
 
 
 def _train_cmd(tmp_path, model, train, valid, tag, **extra) -> list[str]:
-    args = _args(
+    args = train_flags(
         tmp_path,
         model,
         train,
@@ -239,8 +214,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits
 
 def test_resume_refuses_other_settings(tmp_path, tiny_model, splits, capsys):
     train, valid = splits
-    assert main(_args(tmp_path, tiny_model, train, valid)) == 0
-    assert main(_args(tmp_path, tiny_model, train, valid, rank=8, resume="true")) == 1
+    assert main(train_flags(tmp_path, tiny_model, train, valid)) == 0
+    assert main(train_flags(tmp_path, tiny_model, train, valid, rank=8, resume="true")) == 1
     assert "fingerprint mismatch" in capsys.readouterr().err
 
 
@@ -263,7 +238,7 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(
         return mx.where((batch == unk).any(), mx.array(float("nan")), loss), ntoks
 
     monkeypatch.setattr(loop, "masked_loss", poisoned_loss)
-    code = main(_args(tmp_path, tiny_model, train, valid, iters=40, steps_per_save=2))
+    code = main(train_flags(tmp_path, tiny_model, train, valid, iters=40, steps_per_save=2))
     err = capsys.readouterr().err
     assert code == 1
     assert "NaN or infinite at iteration" in err and "Traceback" not in err
@@ -291,7 +266,7 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(
 def test_bad_settings_fail_clearly(tmp_path, tiny_model, splits, capsys, extra, message):
     train, valid = splits
     model = extra.pop("model", tiny_model)  # cwd is the repo root: checkpoints/ exists
-    code = main(_args(tmp_path, model, train, valid, **extra))
+    code = main(train_flags(tmp_path, model, train, valid, **extra))
     err = capsys.readouterr().err
     assert code in (1, 2) and message in err and "Traceback" not in err
     assert not (tmp_path / "adapter").exists()
@@ -299,7 +274,7 @@ def test_bad_settings_fail_clearly(tmp_path, tiny_model, splits, capsys, extra, 
 
 def test_plain_lora_without_quantization(tmp_path, tiny_model, splits):
     train, valid = splits
-    assert main(_args(tmp_path, tiny_model, train, valid, bits=0)) == 0
+    assert main(train_flags(tmp_path, tiny_model, train, valid, bits=0)) == 0
     info = json.loads((tmp_path / "adapter" / "run_info.json").read_text())
     assert info["base"]["quantized_base"] is False
     m = json.loads((tmp_path / "train.json").read_text())
@@ -312,7 +287,7 @@ def test_quantized_compute_path_matches_dequantized(tmp_path, tiny_model, splits
     out = {}
     for mode in ("quantized", "dequantized"):
         d = tmp_path / mode
-        assert main(_args(d, tiny_model, train, valid, qlora_compute=mode, iters=4)) == 0
+        assert main(train_flags(d, tiny_model, train, valid, qlora_compute=mode, iters=4)) == 0
         out[mode] = json.loads((d / "train.json").read_text())
     q, d = out["quantized"], out["dequantized"]
     # Before training both see the same 4-bit weights: equal up to float rounding.
