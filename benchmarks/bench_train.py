@@ -129,10 +129,20 @@ def _run(cmd: list[str], env: dict | None = None) -> str:
     return done.stdout + done.stderr
 
 
-def ours(model: Path, data: Path, work: Path, layers: int, warmup: int, steps: int) -> float:
+def ours(
+    model: Path, data: Path, work: Path, layers: int, warmup: int, steps: int, ranks: int = 1
+) -> float:
+    """``ranks`` > 1: that many local processes under ``mlx.launch`` (ring backend), one BLAS
+    thread each, as ``train.launcher`` would run them."""
     iters = warmup + steps
+    launch, env = [], {}
+    if ranks > 1:
+        launcher = str(Path(sys.executable).parent / "mlx.launch")
+        launch = [launcher, "-n", str(ranks), "--backend", "ring", "--"]
+        env = {"MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     _run(
-        [
+        launch
+        + [
             sys.executable,
             "-m",
             "src.train_sft",
@@ -170,7 +180,8 @@ def ours(model: Path, data: Path, work: Path, layers: int, warmup: int, steps: i
             str(iters),
             "--max-seq-length",
             str(SEQ),
-        ]
+        ],
+        env=env,
     )
     rows = list(csv.DictReader((work / "ours_curves" / "train.csv").open()))[warmup:]
     trained_per_step = BATCH * (SEQ - 1)  # every target of a text row
@@ -311,7 +322,7 @@ def main() -> None:
     p.add_argument(
         "--setups",
         default="ours,direct,cli,torch",
-        help="comma-separated subset of: ours, direct, cli, torch",
+        help="comma-separated subset of: ours, ours2, direct, cli, torch",
     )
     args = p.parse_args()
 
@@ -330,6 +341,8 @@ def main() -> None:
             run = (work / "model", work / "data", work, layers, args.warmup, args.steps)
             chosen = set(args.setups.split(","))
             results = {"ours (python -m src.train_sft)": ours(*run)}
+            if "ours2" in chosen:
+                results["ours, 2 local ranks (mlx.launch)"] = ours(*run, ranks=2)
             if "direct" in chosen:
                 results["mlx-lm trainer, called directly"] = mlx_lm_direct(*run)
             if "cli" in chosen:

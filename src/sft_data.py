@@ -13,8 +13,11 @@ for token, so the length filter cannot drift from what training sees.
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
 from types import SimpleNamespace
+
+import orjson
 
 from .runtime import DataError
 
@@ -29,6 +32,11 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
 
 def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict, str]]:
     """Like ``read_jsonl``, with each row's original line text (to dedup and copy it verbatim)."""
+    return list(iter_jsonl_lines(path))
+
+
+def iter_jsonl_lines(path: str | Path):
+    """``read_jsonl_lines`` one row at a time, so a stage can work while it reads."""
     path = Path(path)
     if not path.is_file():
         raise DataError(
@@ -37,7 +45,7 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict, str]]:
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    rows = []
+    n_rows = 0
     for number, line in enumerate(raw.split(b"\n"), start=1):
         line = line.rstrip(b"\r")
         if not line.strip():
@@ -49,7 +57,7 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict, str]]:
                 path, number, f"invalid UTF-8 at byte {err.start}", "re-encode the file as UTF-8"
             ) from None
         try:
-            row = json.loads(text)
+            row = _loads(text)
         except json.JSONDecodeError as err:
             raise DataError(
                 path,
@@ -64,10 +72,19 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict, str]]:
                 f"expected a JSON object, got {type(row).__name__}",
                 "write one JSON object per line",
             )
-        rows.append((number, row, text))
-    if not rows:
+        n_rows += 1
+        yield number, row, text
+    if not n_rows:
         raise DataError(path, None, "file is empty", "provide at least one JSONL row")
-    return rows
+
+
+def _loads(text: str):
+    """orjson (~3x faster) for the common case; the standard library for anything orjson refuses
+    that ``json`` accepts (NaN, huge integers, lone surrogates) and for its error messages."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def row_format(row: dict) -> str | None:
@@ -82,9 +99,22 @@ def row_format(row: dict) -> str | None:
 
 def validate_rows(rows: list[tuple[int, dict]], path: str | Path) -> str:
     """Check every row's fields; return the file's single format."""
-    first_fmt, first_line = None, None
+    check = FormatChecker(path)
     for number, row in rows:
-        fmt = row_format(row)
+        check(number, row)
+    return check.format
+
+
+class FormatChecker:
+    """Checks one row at a time (fields, types, role order) and that all share one format."""
+
+    def __init__(self, path: str | Path):
+        self.path = path
+        self.format: str | None = None
+        self.first_line: int | None = None
+
+    def __call__(self, number: int, row: dict) -> str:
+        path, fmt = self.path, row_format(row)
         if fmt is None:
             raise DataError(
                 path,
@@ -92,13 +122,13 @@ def validate_rows(rows: list[tuple[int, dict]], path: str | Path) -> str:
                 f"row has none of the known fields (keys: {sorted(row)})",
                 'use {"messages": [...]}, {"prompt", "completion"} or {"text"}',
             )
-        if first_fmt is None:
-            first_fmt, first_line = fmt, number
-        elif fmt != first_fmt:
+        if self.format is None:
+            self.format, self.first_line = fmt, number
+        elif fmt != self.format:
             raise DataError(
                 path,
                 number,
-                f"{fmt} row in a {first_fmt} file (line {first_line} is {first_fmt})",
+                f"{fmt} row in a {self.format} file (line {self.first_line} is {self.format})",
                 "use one format per file",
             )
         if fmt == CHAT:
@@ -113,7 +143,7 @@ def validate_rows(rows: list[tuple[int, dict]], path: str | Path) -> str:
                         f"{key!r} must be a string, got {type(row[key]).__name__}",
                         f"write {key!r} as a JSON string",
                     )
-    return first_fmt
+        return fmt
 
 
 def _check_chat(row: dict, path, number: int) -> None:
@@ -196,10 +226,13 @@ def fold_system(row: dict) -> dict:
 def prompt_key(row: dict, fmt: str):
     """What a row is conditioned on; rows sharing it must stay on one side of the split."""
     if fmt == CHAT:
-        return tuple((m["role"], m["content"]) for m in row["messages"][:-1])
+        return tuple(map(_role_content, row["messages"][:-1]))
     if fmt == COMPLETIONS:
         return row["prompt"]
     return row["text"]
+
+
+_role_content = operator.itemgetter("role", "content")
 
 
 def _mlx_config(mask_prompt: bool) -> SimpleNamespace:
@@ -275,11 +308,12 @@ def token_lengths(texts: list[str], fmt: str, tokenizer, batch_size: int = 2048)
     # Chat templates already contain their special tokens; plain text gets BOS like encode() does.
     add_special = fmt == TEXT
     eos = tokenizer.eos_token_id
+    # ``encode_batch_fast`` (tokenizers >= 0.20) gives the same ids without character offsets,
+    # which we never read: ~20% less work.
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
     lengths = []
     for start in range(0, len(texts), batch_size):
-        for enc in backend.encode_batch(
-            texts[start : start + batch_size], add_special_tokens=add_special
-        ):
+        for enc in encode(texts[start : start + batch_size], add_special_tokens=add_special):
             n = len(enc.ids)
             if fmt == TEXT and (n == 0 or enc.ids[-1] != eos):
                 n += 1  # mlx-lm's TextDataset appends EOS

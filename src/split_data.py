@@ -22,6 +22,7 @@ import argparse
 import json
 import random
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,12 @@ from .runtime import (
 )
 from .sft_data import (
     CHAT,
+    FormatChecker,
     fast_renderer,
     fold_system,
+    iter_jsonl_lines,
     prompt_key,
-    read_jsonl_lines,
     token_lengths,
-    validate_rows,
 )
 
 DATA_DIR = Path("data/processed/sft")
@@ -115,59 +116,75 @@ def _pick_valid(groups: list[int], labels: list[int | None], size: int, seed: in
     return chosen
 
 
-def _measure(
-    rows: list[tuple[int, dict]], fmt: str, tokenizer, path: Path, chunk: int = 1024
-) -> list[int]:
-    """Token length of every row: render in this thread while the previous chunk is tokenized
-    in another (the Rust tokenizer releases the GIL), so rendering costs almost no wall time."""
-    from concurrent.futures import ThreadPoolExecutor
+def _template_error(err: Exception, row: dict, fmt: str, path: Path, number: int) -> DataError:
+    """The chat template's ``raise_exception`` (e.g. Gemma refusing a system role), explained."""
+    has_system = fmt == CHAT and row["messages"][0]["role"] == "system"
+    fix = (
+        "pass --fold-system to move system text into the first user turn"
+        if has_system
+        else "rewrite the row so the chat template accepts it"
+    )
+    return DataError(path, number, f"the chat template rejects this row: {err}", fix)
 
-    render_row = fast_renderer(fmt, tokenizer, [r for _, r in rows[:64]])
-    pending = []
+
+def _read_and_measure(cfg: SplitConfig, tokenizer, chunk: int = 1024):
+    """One pass over the input: parse, check, dedup and render rows in this thread while the
+    previous chunk is tokenized in another (the Rust tokenizer releases the GIL and uses every
+    core), so everything but tokenization costs little wall time.
+
+    Returns the file's format, rows read, the unique rows ``(line, row)``, their output lines
+    (the input line verbatim unless folded), their token lengths, and the duplicate rejects.
+    """
+    check = FormatChecker(cfg.input)
+    seen: dict[str, int] = {}
+    rows: list[tuple[int, dict]] = []
+    lines: list[str] = []
+    rejects: list[dict] = []
+    pending, n_read, render_row = [], 0, None
     with ThreadPoolExecutor(max_workers=1) as pool:
-        for start in range(0, len(rows), chunk):
-            texts = []
-            for number, row in rows[start : start + chunk]:
-                try:
-                    texts.append(render_row(row))
-                except Exception as err:  # the chat template's raise_exception, e.g. system role
-                    has_system = fmt == CHAT and row["messages"][0]["role"] == "system"
-                    fix = (
-                        "pass --fold-system to move system text into the first user turn"
-                        if has_system
-                        else "rewrite the row so the chat template accepts it"
-                    )
-                    raise DataError(
-                        path, number, f"the chat template rejects this row: {err}", fix
-                    ) from None
-            pending.append(pool.submit(token_lengths, texts, fmt, tokenizer, chunk))
-        return [n for future in pending for n in future.result()]
+
+        def submit(batch: list[tuple[int, dict]]) -> None:
+            nonlocal render_row
+            if render_row is None:
+                render_row = fast_renderer(check.format, tokenizer, [r for _, r in batch[:64]])
+            texts = [_render(render_row, row, check.format, cfg.input, n) for n, row in batch]
+            pending.append(pool.submit(token_lengths, texts, check.format, tokenizer, chunk))
+
+        for number, row, text in iter_jsonl_lines(cfg.input):
+            n_read += 1
+            check(number, row)
+            key = text.strip()
+            if key in seen:
+                rejects.append(
+                    {"line": number, "reason": f"duplicate of line {seen[key]}", "row": row}
+                )
+                continue
+            seen[key] = number
+            if cfg.fold_system:
+                folded = fold_system(row)
+                if folded is not row:
+                    row, key = folded, _dumps(folded)
+            rows.append((number, row))
+            lines.append(key)
+            if len(rows) % chunk == 0:
+                submit(rows[-chunk:])
+        if len(rows) % chunk:
+            submit(rows[-(len(rows) % chunk) :])
+        lengths = [n for future in pending for n in future.result()]
+    return check.format, n_read, rows, lines, lengths, rejects
+
+
+def _render(render_row, row: dict, fmt: str, path: Path, number: int) -> str:
+    try:
+        return render_row(row)
+    except Exception as err:  # the chat template's raise_exception, e.g. system role
+        raise _template_error(err, row, fmt, path, number) from None
 
 
 def run(cfg: SplitConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
-    numbered = read_jsonl_lines(cfg.input)
-    fmt = validate_rows([(n, r) for n, r, _ in numbered], cfg.input)
-    n_read = len(numbered)
-
-    rejects: list[dict] = []
-    seen: dict[str, int] = {}
-    rows: list[tuple[int, dict]] = []
-    lines: list[str] = []  # output text of each kept row: the input line verbatim unless folded
-    for number, row, text in numbered:
-        key = text.strip()
-        if key in seen:
-            rejects.append({"line": number, "reason": f"duplicate of line {seen[key]}", "row": row})
-            continue
-        seen[key] = number
-        if cfg.fold_system:
-            folded = fold_system(row)
-            if folded is not row:
-                row, key = folded, _dumps(folded)
-        rows.append((number, row))
-        lines.append(key)
+    fmt, n_read, rows, lines, lengths, rejects = _read_and_measure(cfg, tokenizer)
     n_duplicates = n_read - len(rows)
-    lengths = _measure(rows, fmt, tokenizer, cfg.input)
 
     kept, kept_lines, kept_lengths = [], [], []
     for (number, row), line, n in zip(rows, lines, lengths, strict=True):

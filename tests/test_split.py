@@ -214,3 +214,44 @@ def test_missing_local_model_is_an_error_not_a_download(tmp_path, capsys, genrm_
     assert main(_args(tmp_path, tmp_path / "no-such-model", src)) == 1
     err = capsys.readouterr().err
     assert "does not exist" in err and "Hub" in err
+
+
+def test_streaming_chunks_keep_order_and_fail_cleanly_mid_file(tmp_path, tiny_model, capsys):
+    """Rows are rendered and tokenized a chunk at a time while the file is still being read:
+    lengths stay in row order across chunks, and a bad row after several chunks were already
+    sent to the tokenizer still fails with its line and writes nothing."""
+    from src.sft_data import render, token_lengths
+    from src.split_data import SplitConfig, _read_and_measure
+
+    rows = list({json.dumps(r): r for r in generate_rows(52, seed=5, long_fraction=0.0)}.values())
+    rows = rows[:50]
+    src = write_jsonl(tmp_path / "in.jsonl", rows + rows[:3])  # 3 duplicates at the end
+    tok = load_tokenizer(str(tiny_model))
+    cfg = SplitConfig(input=src, model=str(tiny_model))
+    fmt, n_read, kept, _, lengths, rejects = _read_and_measure(cfg, tok, chunk=4)
+    assert (fmt, n_read, len(kept), len(rejects)) == ("chat", 53, 50, 3)
+    assert lengths == token_lengths([render(r, fmt, tok) for r in rows], fmt, tok)
+
+    system = {"role": "system", "content": "x"}
+    bad = {**rows[0], "messages": [system, *rows[0]["messages"]]}
+    write_jsonl(src, rows[1:30] + [bad] + rows[31:])
+    assert main(_args(tmp_path, tiny_model, src)) == 1
+    err = capsys.readouterr().err
+    assert f"{src}:30:" in err and "--fold-system" in err and "Traceback" not in err
+    assert _outputs(tmp_path) == []
+
+
+def test_rows_read_exactly_as_the_json_module_reads_them(tmp_path):
+    """The fast parser (orjson) falls back to ``json`` for what only ``json`` accepts."""
+    from src.sft_data import read_jsonl_lines
+
+    lines = [
+        '{"text": "a", "metadata": {"score": NaN, "big": 123456789012345678901234567890}}',
+        '{"text": "lone \\ud800 surrogate", "k": 1.5e300, "dup": 1, "dup": 2}',
+        '{"text": "caf\\u00e9 \\u2603", "nested": [1, {"x": null}]}',
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    got = [row for _, row, _ in read_jsonl_lines(src)]
+    want = [json.loads(line) for line in lines]
+    assert json.dumps(got) == json.dumps(want)  # NaN != NaN, so compare the serialised forms
