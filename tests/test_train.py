@@ -55,6 +55,34 @@ def test_mask_trains_exactly_the_assistant_turn(tiny_model, genrm_rows):
     assert int(upstream) == count + len(rows)
 
 
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_one_exp_cross_entropy_equals_mlx_cross_entropy(dtype):
+    """The CPU loss keeps the forward softmax for the backward; value and gradient must be
+    MLX's own ``cross_entropy``'s, including under a mask and for extreme logits."""
+    import mlx.nn as nn
+
+    from src.sft_loop import token_cross_entropy
+
+    mx.random.seed(0)
+    logits = (mx.random.normal((3, 17, 301)) * 8).astype(dtype)
+    logits[0, 0, 5] = 80.0  # a peaked row: naive exp would overflow
+    targets = mx.random.randint(0, 301, (3, 17))
+    mask = mx.random.uniform(shape=(3, 17)) > 0.3
+
+    def ours(x):
+        return (token_cross_entropy(x, targets)[0] * mask).sum()
+
+    def mlx(x):
+        return (nn.losses.cross_entropy(x.astype(mx.float32), targets) * mask).sum()
+
+    (v1, g1), (v2, g2) = mx.value_and_grad(ours)(logits), mx.value_and_grad(mlx)(logits)
+    tol = 1e-5 if dtype == mx.float32 else 1e-2
+    assert g1.dtype == dtype
+    assert abs(v1.item() - v2.item()) <= tol * abs(v2.item())
+    assert mx.abs(g1.astype(mx.float32) - g2.astype(mx.float32)).max().item() <= tol
+    assert mx.abs(g1).sum().item() > 0
+
+
 def test_batches_resume_at_the_same_data_position(tiny_model, genrm_rows):
     tok = load_tokenizer(str(tiny_model))
     ds = make_dataset(genrm_rows[:40], tok, mask_prompt=True)
