@@ -82,8 +82,10 @@ def build_model(out: Path, shape: dict) -> int:
     return sum(v.size for v in weights.values())
 
 
-def write_data(data_dir: Path, model: Path) -> None:
-    """Text rows of exactly SEQ tokens (BOS + words + EOS), so every setup sees 4 x 256."""
+def write_data(data_dir: Path, model: Path, kind: str = "text") -> int:
+    """``text``: rows of exactly SEQ tokens (BOS + words + EOS), so every setup sees 4 x 256 and
+    trains every target. ``genrm``: identical prompt/completion rows of at most SEQ tokens,
+    ~70% prompt as in GenRM data, trained with mask_prompt. Returns tokens per row."""
     from mlx_lm.utils import load_tokenizer
 
     tok = load_tokenizer(model)
@@ -109,11 +111,25 @@ def write_data(data_dir: Path, model: Path) -> None:
         text = " ".join(rng.choice(words) for _ in range(400))
         ids = tok.encode(text, add_special_tokens=False)[: SEQ - 2]
         rows.append({"text": tok.decode(ids)})
+    if kind == "genrm":
+        ids = tok.encode(rows[0]["text"], add_special_tokens=False)
+        cut = int(0.7 * len(ids)) - 20  # room for the chat template's tokens
+        row = {"prompt": tok.decode(ids[:cut]), "completion": tok.decode(ids[cut : len(ids) - 20])}
+        rows = [row] * 64
+        messages = [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["completion"]},
+        ]
+        n = len(tok.apply_chat_template(messages, tokenize=True))
+        assert n <= SEQ, n
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", rows), ("valid", rows[:4])):
         (data_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    if kind == "genrm":
+        return n
     lengths = {len(tok.encode(r["text"])) + 1 for r in rows}
     assert max(lengths) <= SEQ, lengths
+    return SEQ
 
 
 def _run(cmd: list[str], env: dict | None = None) -> str:
@@ -130,7 +146,14 @@ def _run(cmd: list[str], env: dict | None = None) -> str:
 
 
 def ours(
-    model: Path, data: Path, work: Path, layers: int, warmup: int, steps: int, ranks: int = 1
+    model: Path,
+    data: Path,
+    work: Path,
+    layers: int,
+    warmup: int,
+    steps: int,
+    row_tokens: int = SEQ,
+    ranks: int = 1,
 ) -> float:
     """``ranks`` > 1: that many local processes under ``mlx.launch`` (ring backend), one BLAS
     thread each, as ``train.launcher`` would run them."""
@@ -180,13 +203,16 @@ def ours(
             str(iters),
             "--max-seq-length",
             str(SEQ),
+            "--mask-prompt",
+            str(row_tokens < SEQ).lower(),
         ],
         env=env,
     )
     rows = list(csv.DictReader((work / "ours_curves" / "train.csv").open()))[warmup:]
-    trained_per_step = BATCH * (SEQ - 1)  # every target of a text row
+    metrics = json.loads((work / "ours.json").read_text())
+    trained_per_step = metrics["trained_tokens"] / metrics["iterations"]  # rows are alike
     seconds = sum(trained_per_step / float(r["tokens_per_sec"]) for r in rows)
-    return BATCH * SEQ * len(rows) / seconds
+    return BATCH * row_tokens * len(rows) / seconds
 
 
 MLX_LM_DIRECT = """
@@ -198,12 +224,12 @@ from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.callbacks import TrainingCallback
 from mlx_lm.tuner.utils import linear_to_lora_layers
-model_path, data, layers, iters, out = sys.argv[1:6]
+model_path, data, layers, iters, out, mask_prompt = sys.argv[1:7]
 model, tok = load(model_path)
 model.freeze()
 linear_to_lora_layers(model, int(layers), {"rank": %d, "scale": 20.0, "dropout": 0.0})
 rows = [json.loads(l) for l in open(data + "/train.jsonl")]
-ds = CacheDataset(create_dataset(rows, tok, types.SimpleNamespace(mask_prompt=False)))
+ds = CacheDataset(create_dataset(rows, tok, types.SimpleNamespace(mask_prompt=mask_prompt == "1")))
 times = []
 class CB(TrainingCallback):
     def on_train_loss_report(self, info):
@@ -216,7 +242,7 @@ print("STEP_TIMES", json.dumps(times))
 
 
 def mlx_lm_direct(
-    model: Path, data: Path, work: Path, layers: int, warmup: int, steps: int
+    model: Path, data: Path, work: Path, layers: int, warmup: int, steps: int, row_tokens: int = SEQ
 ) -> float:
     out = _run(
         [
@@ -228,10 +254,11 @@ def mlx_lm_direct(
             str(layers),
             str(warmup + steps),
             str(work / "direct.safetensors"),
+            "1" if row_tokens < SEQ else "0",
         ]
     )
     times = json.loads(out.split("STEP_TIMES", 1)[1].strip().splitlines()[0])[warmup:]
-    return BATCH * SEQ * len(times) / sum(times)
+    return BATCH * row_tokens * len(times) / sum(times)
 
 
 def mlx_lm_cli(
@@ -324,6 +351,13 @@ def main() -> None:
         default="ours,direct,cli,torch",
         help="comma-separated subset of: ours, ours2, direct, cli, torch",
     )
+    p.add_argument(
+        "--data",
+        choices=("text", "genrm"),
+        default="text",
+        help="text: every target trained; genrm: prompt/completion rows, 70%% prompt, "
+        "mask_prompt (ours and mlx-lm's trainer only)",
+    )
     args = p.parse_args()
 
     import src  # noqa: F401  (MKL preload before mlx.core)
@@ -336,15 +370,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             n = build_model(work / "model", shape)
-            write_data(work / "data", work / "model")
+            row_tokens = write_data(work / "data", work / "model", args.data)
             layers = shape["num_hidden_layers"]
             run = (work / "model", work / "data", work, layers, args.warmup, args.steps)
             chosen = set(args.setups.split(","))
-            results = {"ours (python -m src.train_sft)": ours(*run)}
+            if args.data == "genrm":  # the CLI and PyTorch setups train every position
+                chosen &= {"ours", "direct"}
+            results = {"ours (python -m src.train_sft)": ours(*run, row_tokens)}
             if "ours2" in chosen:
-                results["ours, 2 local ranks (mlx.launch)"] = ours(*run, ranks=2)
+                results["ours, 2 local ranks (mlx.launch)"] = ours(*run, row_tokens, ranks=2)
             if "direct" in chosen:
-                results["mlx-lm trainer, called directly"] = mlx_lm_direct(*run)
+                results["mlx-lm trainer, called directly"] = mlx_lm_direct(*run, row_tokens)
             if "cli" in chosen:
                 results["python -m mlx_lm lora (MKL preloaded)"] = mlx_lm_cli(*run, preload=True)
             if "cli" in chosen and size == "20m":
@@ -357,8 +393,8 @@ def main() -> None:
                 )
         base = results["ours (python -m src.train_sft)"]
         print(
-            f"\n{size}: {n / 1e6:.1f}M params, batch {BATCH} x {SEQ}, LoRA rank {RANK} on all "
-            f"{layers} layers"
+            f"\n{size}: {n / 1e6:.1f}M params, batch {BATCH} x {row_tokens} ({args.data} rows), "
+            f"LoRA rank {RANK} on all {layers} layers"
         )
         print("| setup | tokens/s | ours / setup | GFLOP/s | of GEMM peak |\n|---|---|---|---|---|")
         for name, tps in results.items():

@@ -42,28 +42,84 @@ def _token_cross_entropy_vjp(primals, cotangents, outputs):
     return grad.astype(logits.dtype), mx.zeros_like(targets)
 
 
-def masked_loss(model, batch, lengths):
+def enable_trained_positions_head(model) -> bool:
+    """Let ``masked_loss`` compute logits only where a token is trained, if this model allows it.
+
+    mlx-lm computes the LM head and the softmax at every position. With ``mask_prompt`` most
+    positions are prompt (about 70% of a GenRM row), and with Gemma's 256k vocabulary the head
+    and its softmax are a large share of a step's time and memory. Splitting the model into its
+    body (``model.model``) and head (``lm_head`` or the tied embedding) is architecture
+    specific, so the split is checked: on a short batch, ``head(body(x))`` must reproduce
+    ``model(x)``; otherwise (e.g. logit soft-capping in the head) every position is computed as
+    before. Returns whether it is enabled.
+    """
+    body = getattr(model, "model", None)
+    if "lm_head" in model:
+        head = model.lm_head
+    elif body is not None and hasattr(getattr(body, "embed_tokens", None), "as_linear"):
+        head = body.embed_tokens.as_linear
+    else:
+        head = None
+    if head is not None:
+        x = mx.array(np.random.default_rng(0).integers(0, 100, (2, 12)), dtype=mx.int32)
+        training = model.training
+        model.eval()  # no dropout while comparing
+        try:
+            want, got = model(x), head(body(x))
+            ok = got.shape == want.shape and mx.allclose(got, want, rtol=1e-4, atol=1e-4).item()
+        except Exception:
+            ok = False
+        model.train(training)
+        head = head if ok else None
+    object.__setattr__(model, "_trained_positions_head", head)  # not a parameter
+    return head is not None
+
+
+def trained_positions(offsets_lengths: np.ndarray, width: int, bucket: int = 32) -> np.ndarray:
+    """Flat indices into the ``(rows, width)`` targets that ``masked_loss`` trains, padded with
+    0 to a multiple of ``bucket`` (few distinct shapes, so few recompiles of the step)."""
+    idx = [
+        j * width + s - 1
+        for j, (offset, length) in enumerate(offsets_lengths)
+        for s in range(max(offset, 1), length)
+    ]
+    padded = np.zeros(max(bucket, bucket * -(-len(idx) // bucket)), np.int32)
+    padded[: len(idx)] = idx
+    return padded
+
+
+def masked_loss(model, batch, lengths, positions=None):
     """Mean cross-entropy over the trained tokens of each row.
 
     ``lengths[:, 0]`` is where the trained part starts (the prompt length with mask_prompt) and
     ``lengths[:, 1]`` the row's length. Target position ``s`` (predicting token ``s``) is trained
     when ``offset <= s < length``. mlx-lm 0.32.2's ``default_loss`` uses ``s <= length``, which
     also trains every row to predict padding token 0 after its last token (its PR 1697 was
-    closed unmerged), so this replaces it.
+    closed unmerged), so this replaces it. ``positions`` (from ``BatchIterator(positions=True)``)
+    lets it compute logits at the trained positions only, once the model allows it.
     """
     inputs, targets = batch[:, :-1], batch[:, 1:]
-    logits = model(inputs)
     steps = mx.arange(1, targets.shape[1] + 1)
     mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
+    ntoks = mask.sum()
+    head = getattr(model, "_trained_positions_head", None)
+    if positions is not None and head is not None:
+        # Only the trained positions (see enable_trained_positions_head); ``positions`` comes
+        # from the batch iterator, padded, and the padding carries no loss.
+        hidden = model.model(inputs)
+        logits = head(hidden.reshape(-1, hidden.shape[-1])[positions])
+        targets = targets.reshape(-1)[positions]
+        mask = mx.arange(positions.shape[0]) < ntoks
+    else:
+        logits = model(inputs)
     if mx.default_device() == mx.cpu:
         ce = token_cross_entropy(logits, targets)[0] * mask
     else:
         ce = nn.losses.cross_entropy(logits, targets) * mask
-    ntoks = mask.sum()
     return ce.astype(mx.float32).sum() / mx.maximum(ntoks, 1), ntoks
 
 
-def global_masked_loss(model, batch, lengths):
+def global_masked_loss(model, batch, lengths, positions=None):
     """``masked_loss`` whose gradient, once mlx-lm averages it over ranks, is the token-weighted
     mean over the *global* batch, as in a single process.
 
@@ -72,7 +128,7 @@ def global_masked_loss(model, batch, lengths):
     each rank's loss by ``world * local_tokens / global_tokens`` makes the averaged gradient (and
     the reported loss) exactly the single-process one. Without distribution it is ``masked_loss``.
     """
-    loss, ntoks = masked_loss(model, batch, lengths)
+    loss, ntoks = masked_loss(model, batch, lengths, positions)
     group = mx.distributed.init()
     if group.size() == 1:
         return loss, ntoks
@@ -88,11 +144,13 @@ class BatchIterator:
     the order of epoch ``e`` is a pure function of ``(seed, e)``, ``start_batch`` skips batches
     already trained on, and evaluation pads the last batch with empty rows that carry no loss.
     Batching is otherwise mlx-lm's: rows sorted by length, padded to 32k + 1, one batch per step.
+    With ``positions`` each batch also carries its ``trained_positions`` for ``masked_loss``.
     """
 
-    def __init__(self, seed: int, start_batch: int = 0):
+    def __init__(self, seed: int, start_batch: int = 0, positions: bool = False):
         self.seed = seed
         self.start_batch = start_batch
+        self.positions = positions
 
     def epoch_order(self, n_batches: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(n_batches)
@@ -125,8 +183,7 @@ class BatchIterator:
                 yield self._collate(dataset, batches[i][rank::world], local, max_seq_length)
             epoch, skip = epoch + 1, 0
 
-    @staticmethod
-    def _collate(dataset, idx, rows, max_seq_length):
+    def _collate(self, dataset, idx, rows, max_seq_length):
         items = [dataset[j] for j in idx]
         seqs = [_tokens(it) for it in items]
         offsets = [it[1] if isinstance(it, tuple) else 0 for it in items]
@@ -138,6 +195,8 @@ class BatchIterator:
             n = min(len(seq), max_seq_length)
             arr[j, :n] = seq[:n]
             info[j] = (off, n)
+        if self.positions:
+            return mx.array(arr), mx.array(info), mx.array(trained_positions(info, width - 1))
         return mx.array(arr), mx.array(info)
 
 
@@ -149,7 +208,9 @@ def evaluate_full(model, dataset, batch_size: int, max_seq_length: int) -> float
     """Token-weighted mean loss over the whole dataset (mlx-lm's ``evaluate``, every batch)."""
     from mlx_lm.tuner.trainer import evaluate
 
-    it = BatchIterator(seed=0)
+    it = BatchIterator(
+        seed=0, positions=getattr(model, "_trained_positions_head", None) is not None
+    )
     return evaluate(
         model,
         dataset,

@@ -404,7 +404,12 @@ def run(cfg: TrainConfig) -> dict:
     from mlx_lm.tuner.trainer import TrainingArgs, train
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from .sft_loop import BatchIterator, evaluate_full, global_masked_loss
+    from .sft_loop import (
+        BatchIterator,
+        enable_trained_positions_head,
+        evaluate_full,
+        global_masked_loss,
+    )
 
     wall0 = time.perf_counter()
     rank0 = is_rank0()
@@ -419,6 +424,7 @@ def run(cfg: TrainConfig) -> dict:
         model, cfg.lora_layers, {"rank": cfg.rank, "scale": cfg.scale, "dropout": cfg.dropout}
     )
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    sparse_head = enable_trained_positions_head(model)
     optimizer = build_optimizer(cfg)
 
     data_hash = hashlib.sha256(cfg.train_data.read_bytes() + cfg.valid_data.read_bytes())
@@ -542,7 +548,7 @@ def run(cfg: TrainConfig) -> dict:
                 val_dataset=None,
                 args=args,
                 loss=global_masked_loss,
-                iterate_batches=BatchIterator(cfg.seed, start),
+                iterate_batches=BatchIterator(cfg.seed, start, positions=sparse_head),
                 training_callback=Reporter(),
             )
     except NonFiniteLoss as err:
@@ -564,7 +570,9 @@ def run(cfg: TrainConfig) -> dict:
             )
             adapter_config = _adapter_config(cfg, base)
             write_json(tmp / "adapter_config.json", adapter_config)
-            write_json(tmp / "run_info.json", _run_info(cfg, base))
+            info = _run_info(cfg, base)
+            info["logits_at"] = "trained positions" if sparse_head else "every position"
+            write_json(tmp / "run_info.json", info)
             if (best_dir / "adapters.safetensors").is_file():
                 (tmp / "best").mkdir()
                 shutil.copy2(best_dir / "adapters.safetensors", tmp / "best")

@@ -83,6 +83,46 @@ def test_one_exp_cross_entropy_equals_mlx_cross_entropy(dtype):
     assert mx.abs(g1).sum().item() > 0
 
 
+def test_logits_at_trained_positions_only_give_the_same_loss_and_gradient(tiny_model, genrm_rows):
+    """With mask_prompt most positions are prompt; the loss then runs the LM head on the trained
+    positions only. Value, token count and LoRA gradients must equal the every-position loss."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.models import gemma
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from src.sft_loop import enable_trained_positions_head
+
+    model, tok = load(str(tiny_model))
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": 4, "scale": 20.0, "dropout": 0.0})
+    for _, p in tree_flatten(model.trainable_parameters()):  # non-zero B: gradients flow
+        p += 0.01 * mx.random.normal(p.shape, key=mx.random.key(1))
+    ds = make_dataset(genrm_rows[:7], tok, mask_prompt=True)
+    batches = list(BatchIterator(0, positions=True)(ds, 4, 2048))  # last one padded
+    assert enable_trained_positions_head(model)
+    grads = nn.value_and_grad(model, masked_loss)
+    for batch, lengths, positions in batches:
+        (full, n_full), g_full = grads(model, batch, lengths)
+        (sparse, n_sparse), g_sparse = grads(model, batch, lengths, positions)
+        assert int(n_full) == int(n_sparse) and positions.shape[0] % 32 == 0
+        assert positions.shape[0] < batch[:, 1:].size  # fewer positions than every one
+        assert abs(full.item() - sparse.item()) <= 1e-5 * abs(full.item())
+        for (_, a), (_, b) in zip(tree_flatten(g_full), tree_flatten(g_sparse), strict=True):
+            assert mx.abs(a - b).max().item() <= 1e-5 * (1 + mx.abs(a).max().item())
+
+    class SoftCapped(gemma.Model):  # a head the split cannot see: it must not be used
+        def __call__(self, inputs, cache=None):
+            return 3.0 * mx.tanh(super().__call__(inputs, cache) / 3.0)
+
+    model.__class__ = SoftCapped
+    assert not enable_trained_positions_head(model)
+    batch, lengths, positions = batches[0]
+    want = masked_loss(model, batch, lengths)[0].item()
+    assert masked_loss(model, batch, lengths, positions)[0].item() == want
+
+
 def test_batches_resume_at_the_same_data_position(tiny_model, genrm_rows):
     tok = load_tokenizer(str(tiny_model))
     ds = make_dataset(genrm_rows[:40], tok, mask_prompt=True)
@@ -261,8 +301,8 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(
     valid = write_jsonl(tmp_path / "valid.jsonl", genrm_rows[200:220])
     unk = load_tokenizer(str(tiny_model)).convert_tokens_to_ids("<unk>")
 
-    def poisoned_loss(model, batch, lengths):
-        loss, ntoks = masked_loss(model, batch, lengths)
+    def poisoned_loss(model, batch, lengths, positions=None):
+        loss, ntoks = masked_loss(model, batch, lengths, positions)
         return mx.where((batch == unk).any(), mx.array(float("nan")), loss), ntoks
 
     monkeypatch.setattr(loop, "masked_loss", poisoned_loss)
