@@ -1,6 +1,7 @@
 """Training throughput on CPU: this project's train stage vs mlx-lm vs PyTorch + PEFT.
 
     uv run python benchmarks/bench_train.py [--sizes 20m,100m] [--torch-python PY]
+        [--setups ours,ours2,direct,cli,torch] [--data text|genrm]
 
 Gemma-shaped random models of about 20M and 100M parameters, batch 4 x 256 tokens, LoRA rank 16
 on every linear layer of every block, fp32 base (no quantization: the CPU QLoRA path computes
@@ -8,7 +9,8 @@ with dequantized weights, see src/base_model.py), Adam, no gradient checkpointin
 trains ``warmup + steps`` iterations in its own process; tokens/s is measured over the last
 ``steps`` only (after compilation and warm-up), from each tool's own per-step timing:
 
-- ``ours``: ``python -m src.train_sft`` (its per-report tokens/s curve);
+- ``ours``: ``python -m src.train_sft`` (its per-report tokens/s curve); ``ours2``: the same
+  as two local ranks under ``mlx.launch`` with one BLAS thread each;
 - ``mlx-lm trainer``: ``mlx_lm.tuner.trainer.train`` called directly, defaults (same BLAS);
 - ``mlx_lm lora (MKL)`` / ``mlx_lm lora (as installed)``: the ``python -m mlx_lm lora`` CLI with
   and without MKL preloaded (as installed = the mlx-cpu wheel's reference BLAS; 20M only, it is
