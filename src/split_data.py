@@ -116,17 +116,6 @@ def _pick_valid(groups: list[int], labels: list[int | None], size: int, seed: in
     return chosen
 
 
-def _template_error(err: Exception, row: dict, fmt: str, path: Path, number: int) -> DataError:
-    """The chat template's ``raise_exception`` (e.g. Gemma refusing a system role), explained."""
-    has_system = fmt == CHAT and row["messages"][0]["role"] == "system"
-    fix = (
-        "pass --fold-system to move system text into the first user turn"
-        if has_system
-        else "rewrite the row so the chat template accepts it"
-    )
-    return DataError(path, number, f"the chat template rejects this row: {err}", fix)
-
-
 def _read_and_measure(cfg: SplitConfig, tokenizer, chunk: int = 1024):
     """One pass over the input: parse, check, dedup and render rows in this thread while the
     previous chunk is tokenized in another (the Rust tokenizer releases the GIL and uses every
@@ -177,8 +166,14 @@ def _read_and_measure(cfg: SplitConfig, tokenizer, chunk: int = 1024):
 def _render(render_row, row: dict, fmt: str, path: Path, number: int) -> str:
     try:
         return render_row(row)
-    except Exception as err:  # the chat template's raise_exception, e.g. system role
-        raise _template_error(err, row, fmt, path, number) from None
+    except Exception as err:  # the chat template's raise_exception, e.g. Gemma's system role
+        has_system = fmt == CHAT and row["messages"][0]["role"] == "system"
+        fix = (
+            "pass --fold-system to move system text into the first user turn"
+            if has_system
+            else "rewrite the row so the chat template accepts it"
+        )
+        raise DataError(path, number, f"the chat template rejects this row: {err}", fix) from None
 
 
 def run(cfg: SplitConfig) -> dict:
