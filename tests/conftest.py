@@ -99,23 +99,15 @@ def train_tiny_adapter(root: Path, model: Path, **options) -> Path:
     from src.train_sft import main as train
 
     rows = list(generate_rows(120, seed=8, long_fraction=0.0))
+    train_rows = write_jsonl(root / "train.jsonl", rows[:100])
+    valid_rows = write_jsonl(root / "valid.jsonl", rows[100:])
     settings = dict(
-        model=model,
-        train_data=write_jsonl(root / "train.jsonl", rows[:100]),
-        valid_data=write_jsonl(root / "valid.jsonl", rows[100:]),
-        adapter_path=root / "adapter",
-        curves_dir=root / "curves",
-        metrics=root / "train.json",
-        iters=8,
-        grad_accum=2,
-        lora_layers=2,
-        rank=4,
         learning_rate=5e-3,
         warmup_steps=0,
         steps_per_report=4,
         steps_per_eval=8,
         steps_per_save=8,
-        mask_prompt=True,
     )
-    assert train(flags(**{**settings, **options})) == 0
+    args = train_flags(root, model, train_rows, valid_rows, **{**settings, **options})
+    assert train(args) == 0
     return root
