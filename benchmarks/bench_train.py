@@ -2,16 +2,22 @@
 
     uv run python benchmarks/bench_train.py [--sizes 20m,100m] [--torch-python PY]
         [--setups ours,ours2,direct,cli,torch] [--data text|genrm]
+    # on a GPU (benchmarks/cuda_check.sh): bf16 base, QLoRA rows, long sequences, a 2B shape
+    python benchmarks/bench_train.py --sizes 100m,2b --dtype bfloat16 --batch 4 --seq 2048 \
+        --setups ours,ours_q4,direct_q4,torch --torch-python python3
 
 Gemma-shaped random models of about 20M and 100M parameters, batch 4 x 256 tokens, LoRA rank 16
 on every linear layer of every block, fp32 base (no quantization: the CPU QLoRA path computes
 with dequantized weights, see src/base_model.py), Adam, no gradient checkpointing. Each setup
 trains ``warmup + steps`` iterations in its own process; tokens/s is measured over the last
-``steps`` only (after compilation and warm-up), from each tool's own per-step timing:
+``steps`` only (after compilation and warm-up), from each tool's own per-step timing
+(``--batch``, ``--seq``, ``--dtype`` and the ``_q4`` setups are for GPU runs):
 
 - ``ours``: ``python -m src.train_sft`` (its per-report tokens/s curve); ``ours2``: the same
-  as two local ranks under ``mlx.launch`` with one BLAS thread each;
+  as two local ranks under ``mlx.launch`` with one BLAS thread each; ``ours_q4``: QLoRA, the
+  base quantized to 4 bits (group 64) by the stage, ``qlora.compute: auto``;
 - ``mlx-lm trainer``: ``mlx_lm.tuner.trainer.train`` called directly, defaults (same BLAS);
+  ``direct_q4``: the same on the 4-bit base (``mlx_lm.utils.quantize_model``);
 - ``mlx_lm lora (MKL)`` / ``mlx_lm lora (as installed)``: the ``python -m mlx_lm lora`` CLI with
   and without MKL preloaded (as installed = the mlx-cpu wheel's reference BLAS; 20M only, it is
   very slow);
@@ -59,13 +65,24 @@ SIZES = {  # Gemma-shaped: MQA (1 KV head), head_dim 64, GeGLU MLP 4x, tied embe
         head_dim=64,
         vocab_size=32000,
     ),
+    "2b": dict(  # gemma-2b's config.json
+        num_hidden_layers=18,
+        hidden_size=2048,
+        intermediate_size=16384,
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=256,
+        vocab_size=256000,
+    ),
 }
-BATCH, SEQ, RANK = 4, 256, 16
+BATCH, SEQ, RANK = 4, 256, 16  # --batch and --seq override the first two
+DTYPE = "float32"  # --dtype: the base's dtype
 
 
 def build_model(out: Path, shape: dict) -> int:
     """A random model of ``shape`` with the embedded tokenizer (its vocabulary is smaller than the
-    model's: the extra embedding rows are simply never looked up)."""
+    model's: the extra embedding rows are simply never looked up). Weights come from MLX's RNG
+    in ``DTYPE`` (numpy would take about a minute for the 2B shape)."""
     import mlx.core as mx
 
     from src.genrm_sample import generate_rows, render_text
@@ -79,7 +96,11 @@ def build_model(out: Path, shape: dict) -> int:
     config = hf_config(cfg, load_tokenizer(out)._tokenizer)
     config["vocab_size"] = cfg.vocab_size
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    weights = {k: mx.array(v) for k, v in _weights(cfg).items()}
+    dtype = getattr(mx, DTYPE)
+    mx.random.seed(0)
+    weights = _weights(cfg, lambda *shape: (mx.random.normal(shape) * cfg.init_std).astype(dtype))
+    weights = {k: mx.array(v).astype(dtype) for k, v in weights.items()}
+    config["torch_dtype"] = DTYPE
     mx.save_safetensors(str(out / "model.safetensors"), weights)
     return sum(v.size for v in weights.values())
 
@@ -110,7 +131,7 @@ def write_data(data_dir: Path, model: Path, kind: str = "text") -> int:
     ]
     rows = []
     for _ in range(64):
-        text = " ".join(rng.choice(words) for _ in range(400))
+        text = " ".join(rng.choice(words) for _ in range(max(400, 2 * SEQ)))
         ids = tok.encode(text, add_special_tokens=False)[: SEQ - 2]
         rows.append({"text": tok.decode(ids)})
     if kind == "genrm":
@@ -140,7 +161,11 @@ def _run(cmd: list[str], env: dict | None = None) -> str:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
+        },
     )
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}")
@@ -156,9 +181,11 @@ def ours(
     steps: int,
     row_tokens: int = SEQ,
     ranks: int = 1,
-) -> float:
-    """``ranks`` > 1: that many local processes under ``mlx.launch`` (ring backend), one BLAS
-    thread each, as ``train.launcher`` would run them."""
+    bits: int = 0,
+) -> tuple[float, float]:
+    """Tokens/s and peak memory (GB). ``ranks`` > 1: that many local processes under
+    ``mlx.launch`` (ring backend), one BLAS thread each, as ``train.launcher`` would run them.
+    ``bits``: the stage quantizes the base (QLoRA)."""
     iters = warmup + steps
     launch, env = [], {}
     if ranks > 1:
@@ -194,7 +221,7 @@ def ours(
             "--rank",
             str(RANK),
             "--bits",
-            "0",
+            str(bits),
             "--warmup-steps",
             "0",
             "--steps-per-report",
@@ -214,7 +241,7 @@ def ours(
     metrics = json.loads((work / "ours.json").read_text())
     trained_per_step = metrics["trained_tokens"] / metrics["iterations"]  # rows are alike
     seconds = sum(trained_per_step / float(r["tokens_per_sec"]) for r in rows)
-    return BATCH * row_tokens * len(rows) / seconds
+    return BATCH * row_tokens * len(rows) / seconds, metrics["peak_memory_gb"]
 
 
 MLX_LM_DIRECT = """
@@ -226,8 +253,11 @@ from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.callbacks import TrainingCallback
 from mlx_lm.tuner.utils import linear_to_lora_layers
-model_path, data, layers, iters, out, mask_prompt = sys.argv[1:7]
-model, tok = load(model_path)
+model_path, data, layers, iters, out, mask_prompt, bits = sys.argv[1:8]
+model, tok, config = load(model_path, return_config=True)
+if int(bits):
+    from mlx_lm.utils import quantize_model
+    model, config = quantize_model(model, config, 64, int(bits))
 model.freeze()
 linear_to_lora_layers(model, int(layers), {"rank": %d, "scale": 20.0, "dropout": 0.0})
 rows = [json.loads(l) for l in open(data + "/train.jsonl")]
@@ -240,32 +270,42 @@ train(model, optim.Adam(learning_rate=1e-4), ds, None,
       TrainingArgs(batch_size=%d, iters=int(iters), steps_per_report=1, steps_per_save=10**9,
                    max_seq_length=%d, adapter_file=out), training_callback=CB())
 print("STEP_TIMES", json.dumps(times))
-""" % (RANK, BATCH, SEQ)  # noqa: UP031
+print("PEAK_GB", mx.get_peak_memory() / 1e9)
+"""  # filled with (RANK, BATCH, SEQ) when run
 
 
 def mlx_lm_direct(
-    model: Path, data: Path, work: Path, layers: int, warmup: int, steps: int, row_tokens: int = SEQ
-) -> float:
+    model: Path,
+    data: Path,
+    work: Path,
+    layers: int,
+    warmup: int,
+    steps: int,
+    row_tokens: int = SEQ,
+    bits: int = 0,
+) -> tuple[float, float]:
     out = _run(
         [
             sys.executable,
             "-c",
-            MLX_LM_DIRECT,
+            MLX_LM_DIRECT % (RANK, BATCH, SEQ),
             str(model),
             str(data),
             str(layers),
             str(warmup + steps),
             str(work / "direct.safetensors"),
             "1" if row_tokens < SEQ else "0",
+            str(bits),
         ]
     )
     times = json.loads(out.split("STEP_TIMES", 1)[1].strip().splitlines()[0])[warmup:]
-    return BATCH * row_tokens * len(times) / sum(times)
+    peak = float(out.split("PEAK_GB", 1)[1].split()[0])
+    return BATCH * row_tokens * len(times) / sum(times), peak
 
 
 def mlx_lm_cli(
     model: Path, data: Path, work: Path, layers: int, warmup: int, steps: int, preload: bool
-) -> float:
+) -> tuple[float, None]:
     config = work / "lora.yaml"
     config.write_text(f"lora_parameters:\n  rank: {RANK}\n  scale: 20.0\n  dropout: 0.0\n")
     env = {}
@@ -312,10 +352,11 @@ def mlx_lm_cli(
         for m in re.findall(r"^\s+\d+\s+[\d.]+ [▼▲]\s+([\d,]+)", out, re.M)
     ]
     rates = rates[warmup:]
-    return BATCH * SEQ * sum(rates) / len(rates)
+    return BATCH * SEQ * sum(rates) / len(rates), None
 
 
-def torch_peft(python: str, shape: dict, warmup: int, steps: int) -> float:
+def torch_peft(python: str, shape: dict, warmup: int, steps: int) -> tuple[float, float | None]:
+    """PyTorch on CUDA when it sees a GPU (bf16/fp16 as --dtype), else CPU fp32."""
     out = _run(
         [
             python,
@@ -326,32 +367,41 @@ def torch_peft(python: str, shape: dict, warmup: int, steps: int) -> float:
             str(RANK),
             str(warmup),
             str(steps),
+            DTYPE,
         ]
     )
-    return float(out.split("TOKENS_PER_SEC", 1)[1].split()[0])
+    print(*[x for x in out.splitlines() if x.startswith("torch ")], flush=True)  # version, device
+    peak = out.split("PEAK_GB", 1)[1].split()[0] if "PEAK_GB" in out else "nan"
+    return float(out.split("TOKENS_PER_SEC", 1)[1].split()[0]), float(peak)
 
 
-def gemm_peak() -> float:
+def gemm_peak() -> tuple[float, str]:
+    """Matmul peak of MLX's default device in ``DTYPE`` (2048^2 on CPU, 8192^2 on a GPU)."""
     import mlx.core as mx
 
-    a = mx.random.normal((2048, 2048))
+    n = 2048 if mx.default_device() == mx.cpu else 8192
+    a = mx.random.normal((n, n)).astype(getattr(mx, DTYPE))
     mx.eval(a @ a)
     t = time.perf_counter()
     for _ in range(10):
         mx.eval(a @ a)
-    return 2 * 2048**3 * 10 / (time.perf_counter() - t)
+    return 2 * n**3 * 10 / (time.perf_counter() - t), f"{DTYPE} {n}^2 on {mx.default_device()}"
 
 
 def main() -> None:
+    global BATCH, SEQ, DTYPE
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="20m,100m")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--torch-python", default=None)
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--seq", type=int, default=SEQ, help="tokens per row")
+    p.add_argument("--dtype", default=DTYPE, choices=("float32", "bfloat16", "float16"))
     p.add_argument(
         "--setups",
         default="ours,direct,cli,torch",
-        help="comma-separated subset of: ours, ours2, direct, cli, torch",
+        help="comma-separated subset of: ours, ours2, ours_q4, direct, direct_q4, cli, torch",
     )
     p.add_argument(
         "--data",
@@ -361,12 +411,13 @@ def main() -> None:
         "mask_prompt (ours and mlx-lm's trainer only)",
     )
     args = p.parse_args()
+    BATCH, SEQ, DTYPE = args.batch, args.seq, args.dtype
 
     import src  # noqa: F401  (MKL preload before mlx.core)
     from src.blas import blas_report
 
-    peak = gemm_peak()
-    print(f"fp32 GEMM peak (MLX, 2048^2): {peak / 1e9:.1f} GFLOP/s  [BLAS: {blas_report()}]")
+    peak, where = gemm_peak()
+    print(f"GEMM peak (MLX, {where}): {peak / 1e9:.1f} GFLOP/s  [BLAS: {blas_report()}]")
     for size in args.sizes.split(","):
         shape = SIZES[size]
         with tempfile.TemporaryDirectory() as tmp:
@@ -377,34 +428,49 @@ def main() -> None:
             run = (work / "model", work / "data", work, layers, args.warmup, args.steps)
             chosen = set(args.setups.split(","))
             if args.data == "genrm":  # the CLI and PyTorch setups train every position
-                chosen &= {"ours", "direct"}
-            results = {"ours (python -m src.train_sft)": ours(*run, row_tokens)}
-            if "ours2" in chosen:
-                results["ours, 2 local ranks (mlx.launch)"] = ours(*run, row_tokens, ranks=2)
-            if "direct" in chosen:
-                results["mlx-lm trainer, called directly"] = mlx_lm_direct(*run, row_tokens)
-            if "cli" in chosen:
-                results["python -m mlx_lm lora (MKL preloaded)"] = mlx_lm_cli(*run, preload=True)
-            if "cli" in chosen and size == "20m":
-                results["python -m mlx_lm lora (as installed)"] = mlx_lm_cli(
-                    work / "model", work / "data", work, layers, 1, 2, preload=False
-                )
-            if "torch" in chosen and args.torch_python:
-                results["PyTorch + transformers + PEFT"] = torch_peft(
-                    args.torch_python, shape, args.warmup, args.steps
-                )
-        base = results["ours (python -m src.train_sft)"]
-        print(
-            f"\n{size}: {n / 1e6:.1f}M params, batch {BATCH} x {row_tokens} ({args.data} rows), "
-            f"LoRA rank {RANK} on all {layers} layers"
-        )
-        print("| setup | tokens/s | ours / setup | GFLOP/s | of GEMM peak |\n|---|---|---|---|---|")
-        for name, tps in results.items():
-            flops = 4 * n * tps
+                chosen &= {"ours", "ours_q4", "direct", "direct_q4"}
+            setups = [  # (setup, row name, function, arguments)
+                ("ours", "ours (python -m src.train_sft)", ours, (*run, row_tokens)),
+                ("ours_q4", "ours, QLoRA 4-bit base", ours, (*run, row_tokens, 1, 4)),
+                ("ours2", "ours, 2 local ranks (mlx.launch)", ours, (*run, row_tokens, 2)),
+                ("direct", "mlx-lm trainer, called directly", mlx_lm_direct, (*run, row_tokens)),
+                (
+                    "direct_q4",
+                    "mlx-lm trainer, QLoRA 4-bit base",
+                    mlx_lm_direct,
+                    (*run, row_tokens, 4),
+                ),
+                ("cli", "python -m mlx_lm lora (MKL preloaded)", mlx_lm_cli, (*run, True)),
+            ]
+            if size == "20m":  # the reference BLAS is very slow: 2 steps
+                args_ = (work / "model", work / "data", work, layers, 1, 2, False)
+                setups.append(("cli", "python -m mlx_lm lora (as installed)", mlx_lm_cli, args_))
+            if args.torch_python:
+                args_ = (args.torch_python, shape, args.warmup, args.steps)
+                setups.append(("torch", "PyTorch + transformers + PEFT", torch_peft, args_))
             print(
-                f"| {name} | {tps:,.0f} | {base / tps:.2f}x | {flops / 1e9:.1f} | "
-                f"{flops / peak:.0%} |"
+                f"\n{size}: {n / 1e6:.1f}M params ({DTYPE}), batch {BATCH} x {row_tokens} "
+                f"({args.data} rows), LoRA rank {RANK} on all {layers} layers\n"
+                "| setup | tokens/s | first row / setup | GFLOP/s | of GEMM peak | "
+                "peak memory GB |\n|---|---|---|---|---|---|",
+                flush=True,
             )
+            first = None  # each row prints as soon as it is measured: a time limit loses no row
+            for setup, name, fn, fn_args in setups:
+                if setup not in chosen:
+                    continue
+                try:  # one failing setup (out of memory, say) must not lose the others
+                    tps, mem = fn(*fn_args)
+                except Exception as err:  # noqa: BLE001
+                    print(f"| {name} | failed: {str(err)[-3000:]} |", flush=True)
+                    continue
+                first = first or tps
+                flops = 4 * n * tps
+                print(
+                    f"| {name} | {tps:,.0f} | {first / tps:.2f}x | {flops / 1e9:.1f} | "
+                    f"{flops / peak:.0%} | {'-' if mem is None else f'{mem:.2f}'} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

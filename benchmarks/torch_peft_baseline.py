@@ -1,7 +1,9 @@
 """PyTorch + transformers + PEFT on the same shapes as bench_train.py (run by a Python that has
 torch, transformers and peft installed; torch is not a project dependency).
 
-    python benchmarks/torch_peft_baseline.py '<shape json>' BATCH SEQ RANK WARMUP STEPS
+    python benchmarks/torch_peft_baseline.py '<shape json>' BATCH SEQ RANK WARMUP STEPS [DTYPE]
+
+On CUDA when torch sees a GPU (the model in DTYPE, default float32), else on the CPU.
 """
 
 import json
@@ -16,22 +18,26 @@ from transformers import GemmaConfig, GemmaForCausalLM
 def main() -> None:
     shape = json.loads(sys.argv[1])
     batch, seq, rank, warmup, steps = map(int, sys.argv[2:7])
+    dtype = sys.argv[7] if len(sys.argv) > 7 else "float32"
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
     config = GemmaConfig(
         **shape,
         hidden_activation="gelu_pytorch_tanh",
         tie_word_embeddings=True,
-        torch_dtype="float32",
+        torch_dtype=dtype,
         attn_implementation="sdpa",
     )
-    model = GemmaForCausalLM(config)
+    with device:  # initialise on the GPU directly (a 2B model takes minutes on the CPU)
+        model = GemmaForCausalLM(config).to(getattr(torch, dtype))
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(
         model, LoraConfig(r=rank, lora_alpha=20 * rank, lora_dropout=0.0, target_modules=targets)
     )
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(0, 2048, (batch, seq))
+    ids = torch.randint(0, 2048, (batch, seq), device=device)
     times = []
     for _ in range(warmup + steps):
         t = time.perf_counter()
@@ -39,9 +45,14 @@ def main() -> None:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     per_step = sum(times[warmup:]) / steps
-    print(f"torch {torch.__version__} threads {torch.get_num_threads()}")
+    where = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} on {where}, {dtype}")
+    if cuda:
+        print("PEAK_GB", torch.cuda.max_memory_allocated() / 1e9)
     print("TOKENS_PER_SEC", batch * seq / per_step)
 
 

@@ -80,11 +80,14 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int):
     return fast
 
 
-def _weights(cfg: TinyGemmaConfig) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(cfg.seed)
+def _weights(cfg: TinyGemmaConfig, normal=None) -> dict[str, np.ndarray]:
+    """Gemma's weight names and shapes for ``cfg``; ``normal(*shape)`` draws the matrices
+    (default: numpy, seeded by ``cfg.seed``; benchmarks pass a faster MLX one for big shapes)."""
+    if normal is None:
+        rng = np.random.default_rng(cfg.seed)
 
-    def normal(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * cfg.init_std).astype(np.float32)
+        def normal(*shape: int) -> np.ndarray:
+            return (rng.standard_normal(shape) * cfg.init_std).astype(np.float32)
 
     d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     w = {"model.embed_tokens.weight": normal(cfg.vocab_size, d)}

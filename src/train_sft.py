@@ -270,9 +270,18 @@ def _mlx_trainer_patched(model):
         layer_cls.__call__ = call
 
 
-def _run_info(cfg: TrainConfig, base: dict) -> dict:
+def _version(package: str) -> str | None:
+    """Installed version, or None: the stages also run where DVC is not installed (a CUDA box,
+    the other hosts of an ``mlx.launch`` run)."""
     import importlib.metadata as md
 
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _run_info(cfg: TrainConfig, base: dict) -> dict:
     import mlx.core as mx
 
     source = Path(base["path"]) / "source.json"
@@ -281,7 +290,7 @@ def _run_info(cfg: TrainConfig, base: dict) -> dict:
         "model_source": json.loads(source.read_text()) if source.is_file() else None,
         "base": base,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "versions": {p: md.version(p) for p in ("mlx", "mlx-lm", "dvc")},
+        "versions": {p: _version(p) for p in ("mlx", "mlx-lm", "dvc")},
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(mx.default_device()),
