@@ -8,7 +8,8 @@
 # WHEELS holds mlx, mlx-cuda-13, mlx-lm and orjson wheels (pip download, see the README); they
 # are installed into /tmp/site next to that Python's own packages (the CUDA libraries come from
 # its nvidia-* wheels). OUT receives log.txt and metrics.tgz. QUICK=1 shrinks everything so the
-# script itself can be tried on a CPU machine first (MLX's CPU wheels then stand in).
+# script itself can be tried on a CPU machine first (MLX's CPU wheels then stand in). It runs the
+# stages in this checkout and overwrites data/, checkpoints/ and metrics/: use a scratch clone.
 set -uo pipefail
 wheels=${1:?wheel folder}; out=${2:?output folder}; quick=${3:-0}
 mkdir -p "$out"
@@ -20,11 +21,16 @@ if [ -n "$(ls "$wheels"/*.whl 2>/dev/null)" ]; then
   say "install MLX next to the system Python's packages"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$wheels"/*.whl || exit 1
-  # libmlx.so finds cuBLAS, cuDNN, NCCL and NVRTC through $ORIGIN/../../nvidia (its wheel's RPATH).
-  nv=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null) &&
-    ln -sfn "$nv" /tmp/site/nvidia
   export PYTHONPATH=/tmp/site
 fi
+# libmlx.so looks for cuBLAS, cuDNN, NCCL and NVRTC in $ORIGIN/../../nvidia (its wheel's RPATH),
+# which --target does not give it: point the loader at the nvidia-* wheels torch brought. Do not
+# symlink that folder into /tmp/site instead: MLX then also takes its JIT headers from there, and
+# nvidia/cu13/include lacks crt/mma.h ("Failed to compile kernel ... qmm_sm90"); the toolkit's
+# headers (CUDA_HOME) are complete.
+nv=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null) &&
+  export LD_LIBRARY_PATH=$(ls -d "$nv"/*/lib | tr '\n' ':')${LD_LIBRARY_PATH:-}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 python3 - <<'PY'
 import importlib.metadata as md, platform
@@ -40,6 +46,7 @@ PY
 
 # 1. The pipeline's stages, as dvc.yaml renders them (qlora.compute auto: quantized on a GPU).
 mkdir -p /tmp/cpu_metrics && cp metrics/*.json /tmp/cpu_metrics/  # the committed CPU run
+rm -f metrics/{train,fuse,eval}.json  # so a failed stage cannot show the CPU numbers as its own
 sets=()
 [ "$quick" = 1 ] && sets=(--set train.iters=8 --set train.steps_per_eval=8 --set
   train.steps_per_save=8 --set eval.limit=8 --set split.valid_size=16 --set data.rows=200)
@@ -56,7 +63,8 @@ for name in ("train", "fuse", "eval"):
     for k in sorted(g):
         print(f"{name}.{k}: gpu {g[k]}  cpu(dvc.lock) {c.get(k)}")
 PY
-python3 -c 'import json; print(json.load(open("checkpoints/sft_adapter/run_info.json"))["base"])'
+[ -f checkpoints/sft_adapter/run_info.json ] &&
+  python3 -c 'import json; print(json.load(open("checkpoints/sft_adapter/run_info.json"))["base"])'
 tar czf "$out/metrics.tgz" metrics checkpoints/sft_adapter/run_info.json 2>/dev/null
 
 # 2. Training throughput on the same GPU.
