@@ -34,12 +34,44 @@ def load_base(model: str, bits: int, group_size: int, compute: str = "auto"):
     quantized = bool(bits) or already
     if compute == "auto":
         compute = "dequantized" if mx.default_device() == mx.cpu else "quantized"
+    dtype = weights_dtype(net)
     if quantized and compute == "dequantized":
         net = dequantize_model(net)
+    if not quantized or compute == "dequantized":
+        cpu_float32(net)
     info = {
         "path": str(path),
         "quantized_base": quantized,
+        "prequantized_base": already,  # shipped quantized: there are no original weights
         "qlora_compute": compute if quantized else "none",
         "base_quantization": config.get("quantization"),
+        "base_dtype": str(dtype).removeprefix("mlx.core."),
+        "compute_dtype": str(weights_dtype(net)).removeprefix("mlx.core."),
     }
     return net, tokenizer, config, info
+
+
+def weights_dtype(net):
+    """The floating dtype holding most of the model's values (a quantized layer's scales stand
+    for its weights)."""
+    from collections import Counter
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    counts = Counter()
+    for _, value in tree_flatten(net.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating):
+            counts[value.dtype] += value.size
+    return counts.most_common(1)[0][0]
+
+
+def cpu_float32(net) -> None:
+    """On MLX's CPU backend compute in float32, whatever the weights' dtype: bf16 matmuls there
+    miss the BLAS path (~13x slower than fp32, benchmarks/bench_dtype.py) and fp16 gains nothing
+    over fp32. No-op on Metal and CUDA. Called only once no layer is quantized (the scales of a
+    quantized layer must keep their dtype)."""
+    import mlx.core as mx
+
+    if mx.default_device() == mx.cpu:
+        net.set_dtype(mx.float32, lambda dtype: mx.issubdtype(dtype, mx.floating))

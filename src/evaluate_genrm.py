@@ -14,6 +14,9 @@ with the truth:
   correct one scores higher (chance: 0.5);
 - ``direct_auc``: AUC of a generation-free score (one forward pass, ``src/judge.py``).
 
+With ``--base-model`` the untrained base judges the same rows too: its metrics carry a
+``base_`` prefix, so the gain from training is one ``dvc metrics show`` away.
+
 Writes ``metrics/eval.json`` and every judgement to ``metrics/eval_judgements.jsonl``.
 
 Params: ``eval.*``.
@@ -44,6 +47,7 @@ class EvalConfig:
     max_tokens: int = 64
     batch_size: int = 32
     limit: int = 0  # 0: every row
+    base_model: str = ""  # also judge with this (untrained) model: metrics prefixed base_
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size"):
@@ -58,8 +62,7 @@ def _rate(hits: int, n: int) -> float | None:
 
 
 def run(cfg: EvalConfig) -> dict:
-    from mlx_lm import load
-    from mlx_lm.generate import batch_generate
+    from .base_model import load_base
 
     numbered = read_jsonl(cfg.data)
     if validate_rows(numbered, cfg.data) != CHAT:
@@ -70,7 +73,24 @@ def run(cfg: EvalConfig) -> dict:
             'use {"messages": [...]} rows ending with the reference judgement',
         )
     rows = [r for _, r in numbered][: cfg.limit or None]
-    model, tokenizer = load(str(resolve_model(cfg.model)))
+    resolve_model(cfg.model)
+    # load_base: quantized models are dequantized on the CPU, and the CPU computes in float32
+    model, tokenizer, _, _ = load_base(cfg.model, 0, 64)
+    metrics, records = judge(model, tokenizer, rows, cfg)
+    if cfg.base_model:
+        base, base_tok, _, _ = load_base(cfg.base_model, 0, 64)
+        base_metrics, base_records = judge(base, base_tok, rows, cfg)
+        metrics.update({f"base_{k}": v for k, v in base_metrics.items()})
+        for rec, base_rec in zip(records, base_records, strict=True):
+            rec["base_judgement"], rec["base_score"] = base_rec["judgement"], base_rec["score"]
+    with atomic_path(cfg.judgements_out) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return metrics
+
+
+def judge(model, tokenizer, rows: list[dict], cfg: EvalConfig) -> tuple[dict, list[dict]]:
+    """Metrics of one model on ``rows`` and its judgement of each row."""
+    from mlx_lm.generate import batch_generate
 
     prompts = [
         tokenizer.apply_chat_template(
@@ -109,23 +129,10 @@ def run(cfg: EvalConfig) -> dict:
         [int(y) for y in labels if y is not None],
     )
 
-    with atomic_path(cfg.judgements_out) as tmp:
-        tmp.write_text(
-            "".join(
-                json.dumps(
-                    {
-                        "judgement": t,
-                        "score": s,
-                        "direct_score": round(d, 4),
-                        "label": y,
-                        "reference": r,
-                    }
-                )
-                + "\n"
-                for t, s, d, y, r in zip(texts, scores, direct, labels, refs, strict=True)
-            )
-        )
-
+    records = [
+        {"judgement": t, "score": s, "direct_score": round(d, 4), "label": y, "reference": r}
+        for t, s, d, y, r in zip(texts, scores, direct, labels, refs, strict=True)
+    ]
     n = len(rows)
     metrics = {
         "n_eval": n,
@@ -147,7 +154,7 @@ def run(cfg: EvalConfig) -> dict:
         "generation_seconds": round(gen_seconds, 2),
     }
     # Metrics that have no data (e.g. no labels) are left out, not written as NaN.
-    return {k: v for k, v in metrics.items() if v is not None}
+    return {k: v for k, v in metrics.items() if v is not None}, records
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=d.max_tokens)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--limit", type=int, default=d.limit)
+    p.add_argument(
+        "--base-model", default=d.base_model, help="also judge with this untrained model"
+    )
     p.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"))
     return p
 

@@ -185,6 +185,7 @@ def _generate(model, tokenizer, rows: list[dict], n: int, max_tokens: int) -> st
 
 
 def run(cfg: FuseConfig) -> dict:
+    import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.utils import dequantize_model, save
 
@@ -204,7 +205,9 @@ def run(cfg: FuseConfig) -> dict:
     # Reference: base + adapter (unfused), exactly as trained. Base: the same without adapter.
     ref, tokenizer, config, info = load_base(cfg.model, bits, group, "dequantized")
     ref = _with_adapter(ref, cfg.adapter_path)
-    dtype = ref.model.embed_tokens.weight.dtype
+    # The merged model is saved (and verified) in the base's dtype; on the CPU the reference
+    # computes in float32 (src/base_model.py).
+    dtype = getattr(mx, info["base_dtype"])
     atol, rtol = _tolerances(dtype, cfg)
 
     verify_set = make_dataset(rows[: cfg.verify_rows], tokenizer, mask_prompt)
@@ -236,6 +239,8 @@ def run(cfg: FuseConfig) -> dict:
         config = {
             k: v for k, v in config.items() if k not in ("quantization", "quantization_config")
         }
+        fused.set_dtype(dtype, lambda d: mx.issubdtype(d, mx.floating))
+        config["torch_dtype"] = info["base_dtype"]
     fused.eval()
     fused_diff = _max_diff(_logits(fused, batches), ref_logits)
     fused_verify_ppl = math.exp(evaluate_full(fused, verify_set, cfg.batch_size, max_len))
@@ -274,7 +279,7 @@ def run(cfg: FuseConfig) -> dict:
 
     # The road not taken: the adapter fused into the original full-precision weights.
     alt_ppl = None
-    if bits:
+    if bits and not info["prequantized_base"]:  # a base shipped quantized has no original
         alt, *_ = load_base(cfg.model, 0, group, "dequantized")
         alt = _with_adapter(alt, cfg.adapter_path)
         alt_ppl = math.exp(evaluate_full(alt, full_set, cfg.batch_size, max_len))

@@ -20,6 +20,13 @@ GRADING_INSTRUCTION = (
     "Judge whether the response solves the task correctly. "
     'Write a short critique, then end with a line "Score: N/10".'
 )
+# Reference-guided grading (as in MT-Bench's reference-guided judge): the prompt carries the
+# correct answer, so the judge compares instead of solving. Fairer to a small model, and what a
+# GenRM for verifiable tasks sees in practice.
+REFERENCE_INSTRUCTION = (
+    "Judge whether the response is correct by comparing it with the reference answer. "
+    'Write a short critique, then end with a line "Score: N/10".'
+)
 
 # Correct responses get 8-10, incorrect ones 1-3: a wide margin, so a verdict is well-defined.
 CORRECT_SCORES = (8, 9, 10)
@@ -145,8 +152,19 @@ def _string(rng: random.Random) -> Task:
 _MAKERS = (_arithmetic, _conversion, _sorting, _string)
 
 
-def _critique(task: Task, response: str, correct: bool, rng: random.Random) -> tuple[str, int]:
-    if task.kind == "sorting":
+def _critique(
+    task: Task, response: str, correct: bool, rng: random.Random, reference: bool = False
+) -> tuple[str, int]:
+    if reference:  # every task alike: restate, compare, conclude
+        verdict = (
+            "matches the reference, so the response is correct"
+            if correct
+            else ("does not match the reference, so the response is wrong")
+        )
+        body = (
+            f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
+        )
+    elif task.kind == "sorting":
         # Long lists are not repeated in the critique: the judge states where it looked.
         checked = "The response lists the numbers in the requested order"
         if correct:
@@ -163,9 +181,22 @@ def _critique(task: Task, response: str, correct: bool, rng: random.Random) -> t
     return f"Critique: {body}\nScore: {score}/10", score
 
 
-def _row(task_id: str, task: Task, response: str, correct: bool, rng: random.Random) -> dict:
-    critique, score = _critique(task, response, correct, rng)
-    prompt = f"Task: {task.question}\n\nResponse: {response}\n\n{GRADING_INSTRUCTION}"
+def _row(
+    task_id: str,
+    task: Task,
+    response: str,
+    correct: bool,
+    rng: random.Random,
+    reference: bool = False,
+) -> dict:
+    critique, score = _critique(task, response, correct, rng, reference)
+    if reference:
+        prompt = (
+            f"Task: {task.question}\n\nReference answer: {task.answer}\n\n"
+            f"Response: {response}\n\n{REFERENCE_INSTRUCTION}"
+        )
+    else:
+        prompt = f"Task: {task.question}\n\nResponse: {response}\n\n{GRADING_INSTRUCTION}"
     return {
         "messages": [
             {"role": "user", "content": prompt},
@@ -180,8 +211,11 @@ def _row(task_id: str, task: Task, response: str, correct: bool, rng: random.Ran
     }
 
 
-def generate_rows(n_rows: int, seed: int, long_fraction: float = 0.015) -> Iterator[dict]:
+def generate_rows(
+    n_rows: int, seed: int, long_fraction: float = 0.015, reference: bool = False
+) -> Iterator[dict]:
     """Yield ``n_rows`` GenRM rows; correct and incorrect candidates are balanced.
+    ``reference``: reference-guided rows (the correct answer in the prompt).
 
     A task gets 1-3 candidate responses, so pairwise comparisons exist. About ``long_fraction``
     of the tasks are sorting tasks over hundreds of numbers, long enough (> 2048 tokens) for the
@@ -205,7 +239,7 @@ def generate_rows(n_rows: int, seed: int, long_fraction: float = 0.015) -> Itera
             response = task.answer if correct else task.wrong(rng)
             if not correct and response == task.answer:  # a "wrong" answer that happens to be right
                 response = task.answer + "0"
-            row = _row(task_id, task, response, correct, rng)
+            row = _row(task_id, task, response, correct, rng, reference)
             yield row
             produced += 1
             if produced < n_rows and rng.random() < 0.01:

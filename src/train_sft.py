@@ -307,9 +307,11 @@ def _adapter_config(cfg: TrainConfig, base: dict) -> dict:
         "num_layers": cfg.lora_layers,
         "lora_parameters": {"rank": cfg.rank, "scale": cfg.scale, "dropout": cfg.dropout},
         "model": cfg.model,
+        # what the adapter was trained against: the shipped quantization of a pre-quantized
+        # base (never re-quantized), else ours
         "base_quantization": (
             {"bits": cfg.bits, "group_size": cfg.group_size}
-            if cfg.bits
+            if cfg.bits and not base["prequantized_base"]
             else base["base_quantization"]
         ),
         "mask_prompt": cfg.mask_prompt,

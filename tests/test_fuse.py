@@ -126,3 +126,27 @@ def test_keep_quantized_refuses_a_requantized_model_that_lost_the_adapter(
     assert code == 1
     err = capsys.readouterr().err
     assert "issue 1172" in err and not out.exists()
+
+
+def test_bf16_base_computes_in_float32_on_cpu_and_fuses_back_to_bf16(tiny_model, tmp_path):
+    """MLX's CPU runs bf16 matmuls off the BLAS path (~13x slower): train and verify in float32,
+    save the merged model in the base's own dtype."""
+    import shutil
+
+    import mlx.core as mx
+
+    bf16 = tmp_path / "bf16-base"
+    shutil.copytree(tiny_model, bf16)
+    weights = mx.load(str(bf16 / "model.safetensors"))
+    mx.save_safetensors(
+        str(bf16 / "model.safetensors"), {k: v.astype(mx.bfloat16) for k, v in weights.items()}
+    )
+    root = train_tiny_adapter(tmp_path / "run", bf16, bits=0)
+    base = json.loads((root / "adapter" / "run_info.json").read_text())["base"]
+    assert (base["base_dtype"], base["compute_dtype"]) == ("bfloat16", "float32")
+
+    out = tmp_path / "merged"
+    assert fuse(_args(root, bf16, out)) == 0
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    saved = mx.load(str(out / "model.safetensors"))
+    assert {v.dtype for v in saved.values()} == {mx.bfloat16}
