@@ -155,15 +155,20 @@ _MAKERS = (_arithmetic, _conversion, _sorting, _string)
 def _critique(
     task: Task, response: str, correct: bool, rng: random.Random, reference: bool = False
 ) -> tuple[str, int]:
-    if reference:  # every task alike: restate, compare, conclude
+    if reference:  # restate, compare, conclude
         verdict = (
             "matches the reference, so the response is correct"
             if correct
-            else ("does not match the reference, so the response is wrong")
+            else "does not match the reference, so the response is wrong"
         )
-        body = (
-            f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
-        )
+        if task.kind == "sorting":  # lists are not restated: ~110 tokens, over eval.max_tokens
+            how = "in the same order as" if correct else "with two numbers swapped against"
+            body = f"The response lists the numbers {how} the reference answer; it {verdict}."
+        else:
+            body = (
+                f"The response gives {response}. The reference answer is {task.answer}; "
+                f"it {verdict}."
+            )
     elif task.kind == "sorting":
         # Long lists are not repeated in the critique: the judge states where it looked.
         checked = "The response lists the numbers in the requested order"

@@ -69,8 +69,12 @@ def _next_token_probs(model, seqs: list[list[int]]):
     arr = np.zeros((len(seqs), max(map(len, seqs))), np.int32)
     for i, e in enumerate(seqs):  # right-pad; read each row at its own last token
         arr[i, : len(e)] = e
-    logits = model(mx.array(arr))
-    last = logits[mx.arange(len(seqs)), mx.array([len(e) - 1 for e in seqs])]
+    rows, ends = mx.arange(len(seqs)), mx.array([len(e) - 1 for e in seqs])
+    head = getattr(model, "_trained_positions_head", None)
+    if head is not None:  # the LM head at each row's last position only (vocab x width each)
+        last = head(model.model(mx.array(arr))[rows, ends])
+    else:
+        last = model(mx.array(arr))[rows, ends]
     return np.array(mx.softmax(last.astype(mx.float32), axis=-1))
 
 
@@ -84,6 +88,12 @@ def direct_scores(
     next token (``/`` or ``0``) tells them apart. Also the hook for best-of-N reranking."""
     import numpy as np
 
+    import mlx.nn as nn
+
+    from .sft_loop import enable_trained_positions_head
+
+    if isinstance(model, nn.Module):  # a checked body/head split, else the whole model
+        enable_trained_positions_head(model)
     prefix, numbers, slash = score_tokens(tokenizer)
     if any(len(t) > 2 or not t for t in numbers.values()):
         raise ValueError("scores tokenize into more than two tokens; direct scoring unsupported")

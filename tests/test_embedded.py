@@ -67,11 +67,25 @@ def test_sample_data_labels_match_ground_truth_and_mix():
     assert sum(len(r["messages"][0]["content"]) > 4000 for r in rows) >= 20  # long rows
 
 
+def test_reference_guided_rows_are_the_same_tasks_with_the_answer_in_the_prompt():
+    plain = list(generate_rows(1500, seed=0))
+    guided = list(generate_rows(1500, seed=0, reference=True))
+    for p, g in zip(plain, guided, strict=True):
+        assert p["metadata"] == g["metadata"]  # same tasks, responses, labels and scores
+        user, critique = g["messages"][0]["content"], g["messages"][1]["content"]
+        task = re.search(r"Task: (.*?)\n\nReference answer: (.*?)\n\nResponse: (.*?)\n\n", user)
+        question, answer, response = task.groups()
+        assert p["messages"][0]["content"].startswith(f"Task: {question}\n\nResponse: {response}")
+        assert (answer == response) == bool(g["metadata"]["label"])
+        verdict = "it matches the reference" if answer == response else "does not match"
+        assert verdict in critique and critique.endswith(f"Score: {g['metadata']['score']}/10")
+
+
 def test_embedded_model_is_deterministic_and_loads(tmp_path):
     a = tmp_path / "a"
     b = tmp_path / "b"
-    metrics = prepare_model(PrepareModelConfig(out=a))
-    prepare_model(PrepareModelConfig(out=b))
+    metrics = prepare_model(PrepareModelConfig(model="embedded", out=a))
+    prepare_model(PrepareModelConfig(model="embedded", out=b))
     assert _digest(a) == _digest(b)
     assert metrics["num_hidden_layers"] == 18  # like gemma-2b-it, so lora_layers 16 applies
 
