@@ -67,10 +67,10 @@ def weights_dtype(net):
 
 
 def cpu_float32(net) -> None:
-    """On MLX's CPU backend compute in float32, whatever the weights' dtype: bf16 matmuls there
-    miss the BLAS path (~13x slower than fp32, benchmarks/bench_dtype.py) and fp16 gains nothing
-    over fp32. No-op on Metal and CUDA. Called only once no layer is quantized (the scales of a
-    quantized layer must keep their dtype)."""
+    """On MLX's CPU backend compute in float32, whatever the weights' dtype: a LoRA training step
+    of SmolLM2-135M ran at 8 tokens/s in bf16, 5 in fp16 and 112 in fp32 here
+    (benchmarks/bench_dtype.py). No-op on Metal and CUDA. Called only once no layer is quantized
+    (the scales of a quantized layer must keep their dtype)."""
     import mlx.core as mx
 
     if mx.default_device() == mx.cpu:

@@ -86,9 +86,8 @@ def direct_scores(
     renormalized over N = 0..10. One forward pass per prompt when every score is one distinct
     token; a second one per shared first token (``1`` vs ``10`` with split digits), where the
     next token (``/`` or ``0``) tells them apart. Also the hook for best-of-N reranking."""
-    import numpy as np
-
     import mlx.nn as nn
+    import numpy as np
 
     from .sft_loop import enable_trained_positions_head
 
