@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .judge import CORRECT_AT, auc, direct_scores, pairwise_accuracy, parse_score
-from .model_source import resolve_model
 from .runtime import DataError, StageError, atomic_path, stage_main
 from .sft_data import CHAT, read_jsonl, validate_rows
 
@@ -72,8 +71,9 @@ def run(cfg: EvalConfig) -> dict:
             "the judge is evaluated on chat rows",
             'use {"messages": [...]} rows ending with the reference judgement',
         )
-    rows = [r for _, r in numbered][: cfg.limit or None]
-    resolve_model(cfg.model)
+    numbered = numbered[: cfg.limit or None]
+    check_reference_verdicts(numbered, cfg.data)
+    rows = [r for _, r in numbered]
     # load_base: quantized models are dequantized on the CPU, and the CPU computes in float32
     model, tokenizer, _, _ = load_base(cfg.model, 0, 64)
     metrics, records = judge(model, tokenizer, rows, cfg)
@@ -86,6 +86,27 @@ def run(cfg: EvalConfig) -> dict:
     with atomic_path(cfg.judgements_out) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     return metrics
+
+
+# At most this share of reference judgements may lack a parsable verdict ("nearly all" parse).
+UNPARSED_REFERENCES_ALLOWED = 0.05
+
+
+def check_reference_verdicts(numbered: list[tuple[int, dict]], path: Path) -> None:
+    """The reference judgements must be in the verdict format this stage reads (``Score:
+    N/10``); otherwise every metric below would compare the judge with nothing, so refuse."""
+    bad = [(line, r) for line, r in numbered if parse_score(r["messages"][-1]["content"]) is None]
+    if len(bad) > UNPARSED_REFERENCES_ALLOWED * len(numbered):
+        line, row = bad[0]
+        tail = row["messages"][-1]["content"][-60:]
+        raise DataError(
+            path,
+            line,
+            f"{len(bad)} of {len(numbered)} reference judgements have no `Score: N/10` verdict "
+            f"(this one ends {tail!r}); the metrics would compare the judge with nothing",
+            "evaluate data whose reference judgements end with `Score: N/10` (0-10), the one "
+            "verdict format this stage reads",
+        )
 
 
 def judge(model, tokenizer, rows: list[dict], cfg: EvalConfig) -> tuple[dict, list[dict]]:

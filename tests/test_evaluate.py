@@ -161,3 +161,22 @@ def test_non_chat_rows_are_refused(tmp_path, capsys, fused):
     data = write_jsonl(tmp_path / "v.jsonl", [{"text": "hello"}])
     assert evaluate(_eval_args(fused, data=data)) == 1
     assert "evaluated on chat rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "verdict", ["Is the answer correct (Yes/No)? Yes", "[RESULT] 4", "Rating: [[7]]"]
+)
+def test_references_in_another_verdict_format_are_refused(tmp_path, capsys, fused, verdict):
+    """Other formats must not turn into metrics that look like results (Yes/No rows used to
+    give parse_rate 0.66 and a score error against nothing)."""
+    rows = read_jsonl(fused / "valid.jsonl")
+    for r in rows:
+        r["messages"][-1]["content"] = "Critique: fine.\n" + verdict
+        r.pop("metadata", None)
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+    out = tmp_path / "eval.json"
+    assert evaluate(_eval_args(fused, data=data, metrics=out, judgements_out=tmp_path / "j")) == 1
+    err = capsys.readouterr().err
+    assert f"{data}:1: {len(rows)} of {len(rows)} reference judgements have no" in err
+    assert "Fix:" in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "j").exists()
