@@ -7,8 +7,8 @@
 #
 # WHEELS holds mlx, mlx-cuda-13, mlx-lm and orjson wheels (pip download, see the README); they
 # are installed into /tmp/site next to that Python's own packages (the CUDA libraries come from
-# its nvidia-* wheels). OUT receives log.txt and metrics.tgz. QUICK=1 shrinks everything so the
-# script itself can be tried on a CPU machine first (MLX's CPU wheels then stand in). It runs the
+# its nvidia-* wheels). OUT receives log.txt and metrics.tgz. A third argument 1 (QUICK) shrinks
+# everything so the script can be tried on a CPU machine first (MLX's CPU wheels stand in). It runs the
 # stages in this checkout and overwrites data/, checkpoints/ and metrics/: use a scratch clone.
 set -uo pipefail
 wheels=${1:?wheel folder}; out=${2:?output folder}; quick=${3:-0}
