@@ -59,9 +59,9 @@ def test_tokenizer_matches_transformers_gguf_conversion(smol, reader):
     theirs, _ = convert_gguf_tokenizer("llama", tokenizer_dict)
     ours = Tokenizer.from_file(str(smol / "tokenizer.json"))
 
-    from transformers import AutoTokenizer
+    from src.model_source import load_tokenizer
 
-    chat = AutoTokenizer.from_pretrained(smol)
+    chat = load_tokenizer(str(smol))  # the local folder, as the stages load it
     texts = []
     for reference in (False, True):
         for row in generate_rows(3000, seed=0, reference=reference):
