@@ -199,8 +199,9 @@ def run(cfg: FuseConfig) -> dict:
     mask_prompt = bool(adapter.get("mask_prompt", False))
     max_len = int(adapter.get("max_seq_length", 2048))
 
-    rows = [r for _, r in read_jsonl(cfg.valid_data)]
-    validate_rows(list(enumerate(rows, 1)), cfg.valid_data)
+    numbered = read_jsonl(cfg.valid_data)
+    validate_rows(numbered, cfg.valid_data)  # errors cite the file's own line numbers
+    rows = [r for _, r in numbered]
 
     # Reference: base + adapter (unfused), exactly as trained. Base: the same without adapter.
     ref, tokenizer, config, info = load_base(cfg.model, bits, group, "dequantized")

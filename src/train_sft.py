@@ -215,8 +215,9 @@ def load_model(cfg: TrainConfig):
 
 
 def _load_split(path: Path, tokenizer, cfg: TrainConfig, name: str):
-    rows = [r for _, r in read_jsonl(path)]
-    validate_rows(list(enumerate(rows, 1)), path)
+    numbered = read_jsonl(path)
+    validate_rows(numbered, path)  # errors cite the file's own line numbers (blank lines too)
+    rows = [r for _, r in numbered]
     if len(rows) < cfg.batch_size:
         raise StageError(
             f"{path}: {len(rows)} {name} rows, fewer than --batch-size "

@@ -150,3 +150,15 @@ def test_bf16_base_computes_in_float32_on_cpu_and_fuses_back_to_bf16(tiny_model,
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     saved = mx.load(str(out / "model.safetensors"))
     assert {v.dtype for v in saved.values()} == {mx.bfloat16}
+
+
+def test_bad_validation_row_is_reported_at_its_own_line(trained, tiny_model, tmp_path, capsys):
+    lines = (trained / "valid.jsonl").read_text().splitlines()
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text("\n".join([lines[0], "", '{"messages": []}'] + lines[1:]) + "\n")
+    out = tmp_path / "merged"
+    args = _args(trained, tiny_model, out)
+    args[args.index("--valid-data") + 1] = str(valid)
+    assert fuse(args) == 1
+    err = capsys.readouterr().err
+    assert f"{valid}:3:" in err and "Traceback" not in err and not out.exists()

@@ -363,3 +363,15 @@ def test_quantized_compute_path_matches_dequantized(tmp_path, tiny_model, splits
     # Adam's first steps are ~lr * sign(grad), so rounding-level gradient differences move
     # individual weights by up to lr; after 2 updates at lr 1e-3 the losses stay within 1e-2.
     assert q["valid_loss"] == pytest.approx(d["valid_loss"], abs=1e-2)
+
+
+def test_bad_row_is_reported_at_its_own_line(tmp_path, tiny_model, splits, capsys):
+    """The error cites the file's line, not the row's position (blank lines are skipped)."""
+    train, valid = splits
+    lines = train.read_text().splitlines()
+    bad = tmp_path / "train.jsonl"
+    bad.write_text("\n".join(lines[:3] + ["", ""] + ['{"messages": "oops"}'] + lines[3:]) + "\n")
+    assert main(train_flags(tmp_path, tiny_model, bad, valid)) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:6:" in err and "Traceback" not in err
+    assert not (tmp_path / "adapter").exists()
