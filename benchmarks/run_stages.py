@@ -28,20 +28,25 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def render(text: str, values: dict) -> str:
+    """Fill ``${key}`` as DVC does (booleans as true/false)."""
+
+    def value(m: re.Match) -> str:
+        v = values[m.group(1)]
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return REF.sub(value, text)
+
+
 def commands(overrides: dict[str, str]) -> dict[str, list[str]]:
     """Stage name -> argv, with ``python`` replaced by this interpreter."""
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     values = flat(yaml.safe_load((ROOT / "params.yaml").read_text()))
     values.update({k: v for block in dvc["vars"] for k, v in block.items()})
     values.update(overrides)
-
-    def value(m: re.Match) -> str:
-        v = values[m.group(1)]
-        return str(v).lower() if isinstance(v, bool) else str(v)
-
     out = {}
     for name, stage in dvc["stages"].items():
-        argv = shlex.split(REF.sub(value, stage["cmd"]))
+        argv = shlex.split(render(stage["cmd"], values))
         argv[argv.index("python")] = sys.executable
         out[name] = argv
     return out

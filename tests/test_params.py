@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import re
 import shlex
 
 import yaml
 from conftest import ROOT
+
+from benchmarks.run_stages import REF, render
+from benchmarks.run_stages import flat as flat_params
 
 STAGE_MODULES = {
     "prepare_model": "src.prepare_model",
@@ -17,30 +19,13 @@ STAGE_MODULES = {
     "fuse": "src.fuse_model",
     "evaluate": "src.evaluate_genrm",
 }
-REF = re.compile(r"\$\{([^}]+)\}")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
 
 
 def _load():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     variables = {k: v for block in dvc["vars"] for k, v in block.items()}
-    return params, _flat(params), dvc, variables
-
-
-def _render(text: str, flat: dict, variables: dict) -> str:
-    def value(m):
-        v = {**flat, **variables}[m.group(1)]
-        return str(v).lower() if isinstance(v, bool) else str(v)
-
-    return REF.sub(value, text)
+    return params, flat_params(params), dvc, variables
 
 
 def test_every_param_reaches_a_flag_and_every_flag_comes_from_params():
@@ -75,7 +60,7 @@ def test_every_param_reaches_a_flag_and_every_flag_comes_from_params():
 def test_commands_parse_with_the_stages_own_parsers():
     _, flat, dvc, variables = _load()
     for name, stage in dvc["stages"].items():
-        tokens = shlex.split(_render(stage["cmd"], flat, variables))
+        tokens = shlex.split(render(stage["cmd"], {**flat, **variables}))
         argv = tokens[tokens.index("python") + 3 :]
         module = importlib.import_module(STAGE_MODULES[name])
         module.build_parser().parse_args(argv)  # SystemExit on an unknown flag or bad value
@@ -102,7 +87,7 @@ def test_defaults_are_the_recipes_hyperparameters_and_recipe_file_is_the_full_ru
     updates = flat["train.iters"] // flat["train.grad_accum"]
     assert flat["train.warmup_steps"] == round(100 * updates / 1250)
 
-    full = _flat(yaml.safe_load((ROOT / "params.recipe.yaml").read_text()))
+    full = flat_params(yaml.safe_load((ROOT / "params.recipe.yaml").read_text()))
     assert set(full) == set(flat)
     differs = {k for k in flat if flat[k] != full[k]}
     assert differs <= {
