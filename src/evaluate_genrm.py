@@ -2,17 +2,31 @@
 
 Reads the merged model and the validation split (held out from every gradient update; the fused
 model is the final adapter, so validation rows never selected it). For each row the judge writes
-its verdict with greedy decoding (mlx-lm's ``batch_generate``); the score is parsed and compared
-with the truth:
+its verdict with greedy decoding (mlx-lm's ``batch_generate``) and the verdict is read in the
+data's own format (``eval.verdict``, ``src/verdicts.py``): ``auto`` detects it from the reference
+judgements; a format that parses too few of them stops the stage with what each format parsed,
+rather than report metrics against nothing. The format is recorded as ``verdict_format_<name>: 1``
+in the metrics and in every judgement record.
 
-- ``parse_rate``: judgements with a ``Score: N/10`` line (an unparsable one is counted, never a
-  crash, and counts as wrong below);
-- ``verdict_accuracy``: score >= 6 vs the row's ``metadata.label`` (chance: 0.5);
-- ``mean_abs_score_error`` and ``reference_verdict_agreement``: against the reference assistant's
-  own score (usable when rows carry no label);
+Pointwise data (one response per row; ``metadata.label`` 1 if it is correct):
+
+- ``parse_rate``: judgements with a verdict (an unparsable one is counted, never a crash, and
+  counts as wrong below);
+- ``verdict_accuracy``: positive verdict (e.g. score >= 6/10, Yes) vs ``metadata.label``;
+- ``mean_abs_score_error`` (in the format's own units), ``reference_verdict_agreement``,
+  ``score_pearson`` / ``score_spearman``: against the reference judgement's verdict;
 - ``pairwise_accuracy``: for tasks with a correct and an incorrect response, how often the
   correct one scores higher (chance: 0.5);
-- ``direct_auc``: AUC of a generation-free score (one forward pass, ``src/judge.py``).
+- ``best_of_n_accuracy`` (``_direct_``: by direct score): on tasks with several candidates, is
+  the top-scored one correct; ``best_of_n_random`` and ``best_of_n_oracle`` beside it;
+- ``direct_auc``, ``direct_pearson``, ``direct_spearman``: of a generation-free score (P(Yes), the
+  expected score: one forward pass, ``src/judge.py``).
+
+Pairwise data (``[[A]]``/``[[B]]`` references): each row is judged in its own order and, where
+``metadata.response_a``/``response_b`` give the two responses, with them swapped;
+``pairwise_accuracy`` averages both orders, a parse failure or a tie counting 0.5 (RewardBench's
+rule); ``position_consistency`` is how often the judge prefers the same response in both orders;
+``direct_auc`` is of P(A).
 
 With ``--base-model`` the untrained base judges the same rows too: its metrics carry a
 ``base_`` prefix, so the gain from training is one ``dvc metrics show`` away.
@@ -33,9 +47,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .judge import CORRECT_AT, auc, direct_scores, pairwise_accuracy, parse_score
+from .judge import auc, best_of_n, direct_scores, pairwise_accuracy, pearson, spearman, swap_pair
 from .runtime import DataError, StageError, atomic_path, stage_main
 from .sft_data import CHAT, read_jsonl, validate_rows
+from .verdicts import NAMES, VerdictFormat, get_format, resolve
 
 
 @dataclass
@@ -47,6 +62,10 @@ class EvalConfig:
     batch_size: int = 32
     limit: int = 0  # 0: every row
     base_model: str = ""  # also judge with this (untrained) model: metrics prefixed base_
+    verdict: str = "auto"  # auto | a format of src/verdicts.py | regex
+    verdict_pattern: str = ""  # regex: one group capturing the number
+    verdict_min: float = 0.0  # regex: the scale
+    verdict_max: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size"):
@@ -54,10 +73,21 @@ class EvalConfig:
                 raise StageError(f"--{name.replace('_', '-')} must be >= 1.")
         if self.limit < 0:
             raise StageError("--limit must be >= 0 (0 evaluates every row).")
+        if self.verdict != "auto":
+            get_format(self.verdict, self.verdict_pattern, self.verdict_min, self.verdict_max)
 
 
-def _rate(hits: int, n: int) -> float | None:
+def _rate(hits: float, n: int) -> float | None:
     return round(hits / n, 4) if n else None
+
+
+def _round(x: float | None) -> float | None:
+    return round(x, 4) if x is not None else None
+
+
+def _of_pairs(f, pairs: list[tuple]) -> float | None:
+    """``f(xs, ys)`` over (x, y) pairs, rounded; None without pairs."""
+    return _round(f([x for x, _ in pairs], [y for _, y in pairs])) if pairs else None
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -72,110 +102,219 @@ def run(cfg: EvalConfig) -> dict:
             'use {"messages": [...]} rows ending with the reference judgement',
         )
     numbered = numbered[: cfg.limit or None]
-    check_reference_verdicts(numbered, cfg.data)
+    fmt = resolve(
+        cfg.verdict,
+        [(line, r["messages"][-1]["content"]) for line, r in numbered],
+        cfg.data,
+        cfg.verdict_pattern,
+        cfg.verdict_min,
+        cfg.verdict_max,
+    )
+    swapped = swapped_prompts(numbered, cfg.data) if fmt.name == "pairwise" else None
     rows = [r for _, r in numbered]
     # load_base: quantized models are dequantized on the CPU, and the CPU computes in float32
     model, tokenizer, _, _ = load_base(cfg.model, 0, 64)
-    metrics, records = judge(model, tokenizer, rows, cfg)
+    metrics, records = judge(model, tokenizer, rows, fmt, cfg, swapped)
     if cfg.base_model:
         base, base_tok, _, _ = load_base(cfg.base_model, 0, 64)
-        base_metrics, base_records = judge(base, base_tok, rows, cfg)
+        base_metrics, base_records = judge(base, base_tok, rows, fmt, cfg, swapped)
         metrics.update({f"base_{k}": v for k, v in base_metrics.items()})
         for rec, base_rec in zip(records, base_records, strict=True):
             rec["base_judgement"], rec["base_score"] = base_rec["judgement"], base_rec["score"]
+    metrics[f"verdict_format_{fmt.name}"] = 1
     with atomic_path(cfg.judgements_out) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     return metrics
 
 
-# At most this share of reference judgements may lack a parsable verdict ("nearly all" parse).
-UNPARSED_REFERENCES_ALLOWED = 0.05
+def swapped_prompts(numbered: list[tuple[int, dict]], path: Path) -> list[list[dict]] | None:
+    """Each pairwise row's prompt with Response A and B exchanged, from ``metadata.response_a``
+    / ``response_b``; None when no row names its responses (only the given order is judged)."""
+    named = [
+        isinstance(r.get("metadata"), dict) and "response_a" in r["metadata"] for _, r in numbered
+    ]
+    if not any(named):
+        return None
+    out = []
+    for (line, row), has in zip(numbered, named, strict=True):
+        meta = row["metadata"] if has else {}
+        user = row["messages"][-2]["content"] if len(row["messages"]) > 1 else ""
+        text = swap_pair(user, str(meta.get("response_a")), str(meta.get("response_b")))
+        if not has or text is None:
+            raise DataError(
+                path,
+                line,
+                "cannot swap this pairwise row's responses: metadata.response_a / response_b "
+                "must be given and appear in the last user turn, A before B",
+                "give every row both responses exactly as the prompt shows them, or none "
+                "(then only the given order is judged)",
+            )
+        out.append([*row["messages"][:-2], {"role": "user", "content": text}])
+    return out
 
 
-def check_reference_verdicts(numbered: list[tuple[int, dict]], path: Path) -> None:
-    """The reference judgements must be in the verdict format this stage reads (``Score:
-    N/10``); otherwise every metric below would compare the judge with nothing, so refuse."""
-    bad = [(line, r) for line, r in numbered if parse_score(r["messages"][-1]["content"]) is None]
-    if len(bad) > UNPARSED_REFERENCES_ALLOWED * len(numbered):
-        line, row = bad[0]
-        tail = row["messages"][-1]["content"][-60:]
-        raise DataError(
-            path,
-            line,
-            f"{len(bad)} of {len(numbered)} reference judgements have no `Score: N/10` verdict "
-            f"(this one ends {tail!r}); the metrics would compare the judge with nothing",
-            "evaluate data whose reference judgements end with `Score: N/10` (0-10), the one "
-            "verdict format this stage reads",
-        )
-
-
-def judge(model, tokenizer, rows: list[dict], cfg: EvalConfig) -> tuple[dict, list[dict]]:
-    """Metrics of one model on ``rows`` and its judgement of each row."""
+def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tuple:
+    """Greedy judgements and direct scores of each conversation (without the judgement)."""
     from mlx_lm.generate import batch_generate
 
-    prompts = [
-        tokenizer.apply_chat_template(
-            r["messages"][:-1], add_generation_prompt=True, tokenize=False
+    prompt_ids = [
+        tokenizer.encode(
+            tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False,
         )
-        for r in rows
+        for c in conversations
     ]
-    prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-    t0 = time.perf_counter()
     texts = []
-    for start in range(0, len(rows), cfg.batch_size):
-        out = batch_generate(
-            model, tokenizer, prompt_ids[start : start + cfg.batch_size], max_tokens=cfg.max_tokens
-        )
-        texts += out.texts
-    gen_seconds = time.perf_counter() - t0
-    direct = direct_scores(model, tokenizer, prompt_ids)
+    for start in range(0, len(prompt_ids), cfg.batch_size):
+        batch = prompt_ids[start : start + cfg.batch_size]
+        texts += batch_generate(model, tokenizer, batch, max_tokens=cfg.max_tokens).texts
+    direct = direct_scores(model, tokenizer, prompt_ids, fmt) if fmt.template else None
+    return texts, direct
 
+
+def judge(
+    model,
+    tokenizer,
+    rows: list[dict],
+    fmt: VerdictFormat,
+    cfg: EvalConfig,
+    swapped: list[list[dict]] | None = None,
+) -> tuple[dict, list[dict]]:
+    """Metrics of one model on ``rows`` and its judgement of each row."""
+    t0 = time.perf_counter()
+    texts, direct = _generate(model, tokenizer, [r["messages"][:-1] for r in rows], fmt, cfg)
+    if swapped is not None:
+        texts_sw, direct_sw = _generate(model, tokenizer, swapped, fmt, cfg)
+    seconds = time.perf_counter() - t0
+    scores = [fmt.parse(t) for t in texts]
+    refs = [fmt.parse(r["messages"][-1]["content"]) for r in rows]
     meta = [r.get("metadata") if isinstance(r.get("metadata"), dict) else {} for r in rows]
-    labels = [m.get("label") for m in meta]
-    refs = [
-        m["score"] if "score" in m else parse_score(r["messages"][-1]["content"])
-        for r, m in zip(rows, meta, strict=True)
+    records = [
+        {
+            "judgement": t,
+            "score": s,
+            "reference": r,
+            "label": m.get("label"),
+            "verdict_format": fmt.name,
+        }
+        for t, s, r, m in zip(texts, scores, refs, meta, strict=True)
     ]
-    scores = [parse_score(t) for t in texts]
+    for i, rec in enumerate(records):
+        if direct is not None:
+            rec["direct_score"] = round(direct[i], 4)
+        if swapped is not None:
+            rec["judgement_swapped"], rec["score_swapped"] = texts_sw[i], fmt.parse(texts_sw[i])
+            if direct is not None:
+                rec["direct_score_swapped"] = round(direct_sw[i], 4)
+    if fmt.name == "pairwise":
+        metrics = _pairwise_metrics(
+            scores, refs, direct, *((texts_sw, direct_sw) if swapped is not None else (None, None))
+        )
+        metrics["parse_rate"] = _rate(
+            sum(s is not None for s in scores)
+            + sum(r["score_swapped"] is not None for r in records if "score_swapped" in r),
+            len(rows) * (2 if swapped is not None else 1),
+        )
+    else:
+        metrics = _pointwise_metrics(fmt, scores, refs, direct, meta)
+    metrics["generation_seconds"] = round(seconds, 2)
+    # Metrics that have no data (e.g. no labels) are left out, not written as NaN.
+    return {k: v for k, v in metrics.items() if v is not None}, records
 
+
+def _pointwise_metrics(fmt, scores, refs, direct, meta) -> dict:
+    labels = [m.get("label") for m in meta]
+    tasks = [m.get("task_id") for m in meta]
     labelled = [(s, y) for s, y in zip(scores, labels, strict=True) if y is not None]
-    right = sum(s is not None and (s >= CORRECT_AT) == bool(y) for s, y in labelled)
     parsed_labelled = [(s, y) for s, y in labelled if s is not None]
     with_ref = [
         (s, r) for s, r in zip(scores, refs, strict=True) if s is not None and r is not None
     ]
-    pair_acc, n_pairs = pairwise_accuracy([m.get("task_id") for m in meta], scores, labels)
-    direct_auc = auc(
-        [d for d, y in zip(direct, labels, strict=True) if y is not None],
-        [int(y) for y in labels if y is not None],
-    )
-
-    records = [
-        {"judgement": t, "score": s, "direct_score": round(d, 4), "label": y, "reference": r}
-        for t, s, d, y, r in zip(texts, scores, direct, labels, refs, strict=True)
-    ]
-    n = len(rows)
+    pair_acc, n_pairs = pairwise_accuracy(tasks, scores, labels)
+    n = len(scores)
     metrics = {
         "n_eval": n,
         "n_parsed": sum(s is not None for s in scores),
         "parse_rate": _rate(sum(s is not None for s in scores), n),
-        "verdict_accuracy": _rate(right, len(labelled)),
+        "verdict_accuracy": _rate(
+            sum(s is not None and fmt.positive(s) == bool(y) for s, y in labelled), len(labelled)
+        ),
         "verdict_accuracy_parsed": _rate(
-            sum((s >= CORRECT_AT) == bool(y) for s, y in parsed_labelled), len(parsed_labelled)
+            sum(fmt.positive(s) == bool(y) for s, y in parsed_labelled), len(parsed_labelled)
         ),
         "mean_abs_score_error": (
             round(sum(abs(s - r) for s, r in with_ref) / len(with_ref), 4) if with_ref else None
         ),
         "reference_verdict_agreement": _rate(
-            sum((s >= CORRECT_AT) == (r >= CORRECT_AT) for s, r in with_ref), len(with_ref)
+            sum(fmt.positive(s) == fmt.positive(r) for s, r in with_ref), len(with_ref)
         ),
-        "pairwise_accuracy": round(pair_acc, 4) if pair_acc is not None else None,
+        "score_pearson": _of_pairs(pearson, with_ref),
+        "score_spearman": _of_pairs(spearman, with_ref),
+        "pairwise_accuracy": _round(pair_acc),
         "n_pairs": n_pairs,
-        "direct_auc": round(direct_auc, 4) if direct_auc is not None else None,
-        "generation_seconds": round(gen_seconds, 2),
     }
-    # Metrics that have no data (e.g. no labels) are left out, not written as NaN.
-    return {k: v for k, v in metrics.items() if v is not None}, records
+    rankings = {"": scores}
+    if direct is not None:
+        lab = [(d, int(y)) for d, y in zip(direct, labels, strict=True) if y is not None]
+        d_ref = [(d, r) for d, r in zip(direct, refs, strict=True) if r is not None]
+        metrics["direct_auc"] = _of_pairs(auc, lab)
+        metrics["direct_pearson"] = _of_pairs(pearson, d_ref)
+        metrics["direct_spearman"] = _of_pairs(spearman, d_ref)
+        rankings["direct_"] = direct
+    for name, ranking in rankings.items():
+        bon = best_of_n(tasks, ranking, labels)
+        if bon:
+            metrics[f"best_of_n_{name}accuracy"] = round(bon["accuracy"], 4)
+            metrics.update(
+                best_of_n_random=round(bon["random"], 4),
+                best_of_n_oracle=round(bon["oracle"], 4),
+                n_best_of_n_tasks=bon["tasks"],
+                best_of_n_mean_n=round(bon["mean_n"], 4),
+            )
+    return metrics
+
+
+def _credit(judged: float | None, truth: float) -> float:
+    """A pairwise verdict against the truth (1: A better, 0: B): a tie or no verdict is 0.5."""
+    if judged is None or judged == 0.5:
+        return 0.5
+    return float((judged > 0.5) == (truth > 0.5))
+
+
+def _pairwise_metrics(scores, refs, direct, texts_sw, direct_sw) -> dict:
+    from .verdicts import FORMATS
+
+    fmt = FORMATS["pairwise"]
+    keep = [i for i, r in enumerate(refs) if r is not None and r != 0.5]  # tie references: no truth
+    given = [_credit(scores[i], refs[i]) for i in keep]
+    metrics = {
+        "n_eval": len(scores),
+        "n_parsed": sum(s is not None for s in scores),
+        "n_pairs": len(keep),
+        "pairwise_accuracy_given_order": _rate(sum(given), len(keep)),
+    }
+    truth = [int(refs[i] > 0.5) for i in keep]
+    auc_scores, auc_truth = ([direct[i] for i in keep], truth) if direct is not None else ([], [])
+    if texts_sw is not None:
+        sw = [fmt.parse(texts_sw[i]) for i in keep]
+        swapped = [_credit(s, 1 - refs[i]) for s, i in zip(sw, keep, strict=True)]
+        metrics["pairwise_accuracy_swapped"] = _rate(sum(swapped), len(keep))
+        metrics["pairwise_accuracy"] = _rate(sum(given) + sum(swapped), 2 * len(keep))
+        metrics["position_consistency"] = _rate(
+            sum(
+                scores[i] is not None and s is not None and scores[i] != 0.5 and scores[i] == 1 - s
+                for s, i in zip(sw, keep, strict=True)
+            ),
+            len(keep),
+        )
+        if direct_sw is not None:
+            auc_scores += [direct_sw[i] for i in keep]
+            auc_truth += [1 - t for t in truth]
+    else:
+        metrics["pairwise_accuracy"] = metrics["pairwise_accuracy_given_order"]
+    if auc_scores:
+        metrics["direct_auc"] = _round(auc(auc_scores, auc_truth))
+    return metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base-model", default=d.base_model, help="also judge with this untrained model"
     )
+    p.add_argument(
+        "--verdict",
+        default=d.verdict,
+        choices=["auto", *NAMES],
+        help="verdict format of the data (auto: detected from the reference judgements)",
+    )
+    p.add_argument(
+        "--verdict-pattern",
+        default=d.verdict_pattern,
+        help="with --verdict regex: a regex whose one group captures the number",
+    )
+    p.add_argument("--verdict-min", type=float, default=d.verdict_min, help="regex: lowest score")
+    p.add_argument("--verdict-max", type=float, default=d.verdict_max, help="regex: highest score")
     p.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"))
     return p
 

@@ -1,7 +1,9 @@
 """Deterministic generator of a sample GenRM SFT dataset (the embedded default).
 
 Each row is in mlx-lm's chat format: the user turn holds a task, a candidate response and a
-grading instruction; the assistant turn holds a short critique and a final ``Score: N/10`` line.
+grading instruction; the assistant turn holds a short critique and a final verdict line
+(``Score: N/10`` by default; ``generate_rows(verdict=...)`` writes the other formats of
+``src/verdicts.py``).
 Every task has a ground truth a program can verify, so each row also carries its true label in
 ``metadata`` (training ignores it; the evaluate stage uses it).
 
@@ -31,6 +33,55 @@ REFERENCE_INSTRUCTION = (
 # Correct responses get 8-10, incorrect ones 1-3: a wide margin, so a verdict is well-defined.
 CORRECT_SCORES = (8, 9, 10)
 INCORRECT_SCORES = (1, 2, 3)
+
+# The verdict formats the generator can write (``--verdict``; src/verdicts.py reads them all):
+# how the instruction ends, and the verdict line for a correct / an incorrect response.
+VERDICTS = {
+    "score10": ('end with a line "Score: N/10".', "Score: {}/10", CORRECT_SCORES, INCORRECT_SCORES),
+    "yes_no": (
+        'end with the line "Is the answer correct (Yes/No)?" and your answer.',
+        "Is the answer correct (Yes/No)? {}",
+        ("Yes",),
+        ("No",),
+    ),
+    "result5": ('end with "[RESULT] N", N from 1 to 5.', "[RESULT] {}", (4, 5), (1, 2)),
+    "rating10": (
+        'end with "Rating: [[N]]", N from 1 to 10.',
+        "Rating: [[{}]]",
+        (8, 9, 10),
+        (1, 2, 3),
+    ),
+}
+PAIRWISE_INSTRUCTION = (
+    "Decide which response solves the task correctly. Write a short critique, then end with "
+    '"[[A]]" if Response A is better or "[[B]]" if Response B is better.'
+)
+
+
+def judge_prompt(
+    question: str, response: str, verdict: str = "score10", reference: str | None = None
+) -> str:
+    """The user turn the sample judge is trained on: the task, the candidate response (and the
+    reference answer, for reference-guided grading), and the grading instruction."""
+    if verdict == "score10":  # the original wording, byte for byte
+        instruction = REFERENCE_INSTRUCTION if reference is not None else GRADING_INSTRUCTION
+    else:
+        ask = (
+            "Judge whether the response is correct by comparing it with the reference answer."
+            if reference is not None
+            else "Judge whether the response solves the task correctly."
+        )
+        instruction = f"{ask} Write a short critique, then {VERDICTS[verdict][0]}"
+    ref = f"Reference answer: {reference}\n\n" if reference is not None else ""
+    return f"Task: {question}\n\n{ref}Response: {response}\n\n{instruction}"
+
+
+def pairwise_prompt(question: str, a: str, b: str, reference: str | None = None) -> str:
+    """The user turn of a pairwise comparison: Response A, then Response B."""
+    ref = f"Reference answer: {reference}\n\n" if reference is not None else ""
+    return (
+        f"Task: {question}\n\n{ref}[Response A]\n{a}\n\n[Response B]\n{b}\n\n{PAIRWISE_INSTRUCTION}"
+    )
 
 
 @dataclass(frozen=True)
@@ -152,9 +203,7 @@ def _string(rng: random.Random) -> Task:
 _MAKERS = (_arithmetic, _conversion, _sorting, _string)
 
 
-def _critique(
-    task: Task, response: str, correct: bool, rng: random.Random, reference: bool = False
-) -> tuple[str, int]:
+def _critique_body(task: Task, response: str, correct: bool, reference: bool) -> str:
     if reference:  # restate, compare, conclude
         verdict = (
             "matches the reference, so the response is correct"
@@ -163,27 +212,19 @@ def _critique(
         )
         if task.kind == "sorting":  # lists are not restated: ~110 tokens, over eval.max_tokens
             how = "in the same order as" if correct else "with two numbers swapped against"
-            body = f"The response lists the numbers {how} the reference answer; it {verdict}."
-        else:
-            body = (
-                f"The response gives {response}. The reference answer is {task.answer}; "
-                f"it {verdict}."
-            )
-    elif task.kind == "sorting":
+            return f"The response lists the numbers {how} the reference answer; it {verdict}."
+        return (
+            f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
+        )
+    if task.kind == "sorting":
         # Long lists are not repeated in the critique: the judge states where it looked.
-        checked = "The response lists the numbers in the requested order"
         if correct:
-            body = f"{checked} and every number is kept."
-        else:
-            body = "The response is not in the requested order: two numbers are swapped."
-    else:
-        said = f"The response gives {response}."
-        if correct:
-            body = f"{said} The correct answer is {task.answer}, so the response is correct."
-        else:
-            body = f"{said} The correct answer is {task.answer}, so the response is wrong."
-    score = rng.choice(CORRECT_SCORES if correct else INCORRECT_SCORES)
-    return f"Critique: {body}\nScore: {score}/10", score
+            return "The response lists the numbers in the requested order and every number is kept."
+        return "The response is not in the requested order: two numbers are swapped."
+    said = f"The response gives {response}."
+    if correct:
+        return f"{said} The correct answer is {task.answer}, so the response is correct."
+    return f"{said} The correct answer is {task.answer}, so the response is wrong."
 
 
 def _row(
@@ -193,15 +234,13 @@ def _row(
     correct: bool,
     rng: random.Random,
     reference: bool = False,
+    verdict: str = "score10",
 ) -> dict:
-    critique, score = _critique(task, response, correct, rng, reference)
-    if reference:
-        prompt = (
-            f"Task: {task.question}\n\nReference answer: {task.answer}\n\n"
-            f"Response: {response}\n\n{REFERENCE_INSTRUCTION}"
-        )
-    else:
-        prompt = f"Task: {task.question}\n\nResponse: {response}\n\n{GRADING_INSTRUCTION}"
+    _, line, good, bad = VERDICTS[verdict]
+    value = rng.choice(good if correct else bad)
+    critique = f"Critique: {_critique_body(task, response, correct, reference)}\n"
+    critique += line.format(value)
+    prompt = judge_prompt(task.question, response, verdict, task.answer if reference else None)
     return {
         "messages": [
             {"role": "user", "content": prompt},
@@ -211,22 +250,62 @@ def _row(
             "task_id": task_id,
             "task_type": task.kind,
             "label": int(correct),
-            "score": score,
+            "score": {"Yes": 1, "No": 0}.get(value, value),
+        },
+    }
+
+
+def _pairwise_row(
+    task_id: str, task: Task, wrong: str, a_correct: bool, reference: bool = False
+) -> dict:
+    """Task with a correct and a wrong response; ``a_correct`` puts the correct one first."""
+    a, b = (task.answer, wrong) if a_correct else (wrong, task.answer)
+    good, bad = ("A", "B") if a_correct else ("B", "A")
+    truth = "the reference answer" if reference else "the correct answer"
+    if task.kind == "sorting":
+        body = f"Response {good} matches {truth}; Response {bad} has two numbers swapped."
+    else:
+        body = (
+            f"Response A gives {a} and Response B gives {b}. {truth.capitalize()} is "
+            f"{task.answer}, so Response {good} is correct and Response {bad} is wrong."
+        )
+    prompt = pairwise_prompt(task.question, a, b, task.answer if reference else None)
+    return {
+        "messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": f"Critique: {body}\n[[{good}]]"},
+        ],
+        "metadata": {
+            "task_id": task_id,
+            "task_type": task.kind,
+            "label": int(a_correct),
+            "score": int(a_correct),
+            "response_a": a,
+            "response_b": b,
         },
     }
 
 
 def generate_rows(
-    n_rows: int, seed: int, long_fraction: float = 0.015, reference: bool = False
+    n_rows: int,
+    seed: int,
+    long_fraction: float = 0.015,
+    reference: bool = False,
+    verdict: str = "score10",
 ) -> Iterator[dict]:
     """Yield ``n_rows`` GenRM rows; correct and incorrect candidates are balanced.
-    ``reference``: reference-guided rows (the correct answer in the prompt).
+    ``reference``: reference-guided rows (the correct answer in the prompt). ``verdict``: the
+    verdict format the critiques end with (``VERDICTS`` or ``pairwise``: each row compares a
+    correct and a wrong response, the correct one first in half the rows).
 
-    A task gets 1-3 candidate responses, so pairwise comparisons exist. About ``long_fraction``
-    of the tasks are sorting tasks over hundreds of numbers, long enough (> 2048 tokens) for the
-    split stage's length filter to have real work; about 1% of rows are exact duplicates, as in
-    real scraped data, for the split stage's de-duplication.
+    A task gets 1-3 candidate responses (pairwise: 1-3 comparisons), so pairwise comparisons and
+    best-of-N exist. About ``long_fraction`` of the tasks are sorting tasks over hundreds of
+    numbers, long enough (> 2048 tokens) for the split stage's length filter to have real work;
+    about 1% of rows are exact duplicates, as in real scraped data, for the split stage's
+    de-duplication.
     """
+    if verdict != "pairwise" and verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, pairwise; got {verdict!r}")
     rng = random.Random(seed)
     produced = 0
     task_index = 0
@@ -241,10 +320,15 @@ def generate_rows(
         for _ in range(rng.choice([1, 1, 2, 2, 3])):
             correct = next_correct
             next_correct = not next_correct
-            response = task.answer if correct else task.wrong(rng)
-            if not correct and response == task.answer:  # a "wrong" answer that happens to be right
-                response = task.answer + "0"
-            row = _row(task_id, task, response, correct, rng, reference)
+            if verdict == "pairwise":
+                wrong = task.wrong(rng)
+                wrong = wrong if wrong != task.answer else task.answer + "0"
+                row = _pairwise_row(task_id, task, wrong, correct, reference)
+            else:
+                response = task.answer if correct else task.wrong(rng)
+                if not correct and response == task.answer:  # a "wrong" answer that is right
+                    response = task.answer + "0"
+                row = _row(task_id, task, response, correct, rng, reference, verdict)
             yield row
             produced += 1
             if produced < n_rows and rng.random() < 0.01:

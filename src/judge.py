@@ -1,21 +1,19 @@
-"""Reading a GenRM judge: parse its verdict, score without generation, and the metrics."""
+"""Reading a GenRM judge: score without generation, and the metrics of its scores."""
 
 from __future__ import annotations
 
-import re
+import math
 from collections import defaultdict
 
-SCORE = re.compile(r"Score:\s*(\d+(?:\.\d+)?)\s*/\s*10\b")
-CORRECT_AT = 6.0  # a score of 6/10 or more is a "correct" verdict (training data: 8-10 vs 1-3)
+from .verdicts import FORMATS, VerdictFormat
+
+SCORE10 = FORMATS["score10"]
+CORRECT_AT = SCORE10.positive_at  # kept for callers of the Score: N/10 era
 
 
 def parse_score(text: str) -> float | None:
     """The last ``Score: N/10`` in a judgement, or None when there is none in range 0-10."""
-    found = SCORE.findall(text or "")
-    if not found:
-        return None
-    value = float(found[-1])
-    return value if 0 <= value <= 10 else None
+    return SCORE10.parse(text)
 
 
 def auc(scores: list[float], labels: list[int]) -> float | None:
@@ -47,22 +45,95 @@ def pairwise_accuracy(task_ids: list, scores: list[float | None], labels: list[i
     return (total / n if n else None), n
 
 
-def score_tokens(tokenizer) -> tuple[list[int], dict[int, list[int]], int]:
-    """How verdicts tokenize: the tokens every ``Score: N/10`` starts with, each score's own
-    tokens after them (``[" 8"]`` in a BPE vocabulary, ``["1", "0"]`` where digits are split, as in
-    Gemma's), and the token that ends the number (``/``)."""
-    encoded = {s: tokenizer.encode(f"Score: {s}/10", add_special_tokens=False) for s in range(11)}
-    n = min(len(e) for e in encoded.values())
-    common = next((i for i in range(n) if len({e[i] for e in encoded.values()}) > 1), n)
-    slash = tokenizer.encode("/10", add_special_tokens=False)[0]
-    numbers = {}
-    for s, e in encoded.items():
+def best_of_n(task_ids: list, scores: list[float | None], labels: list[int]) -> dict | None:
+    """Best-of-N reranking on tasks with several candidates: the share of tasks where the
+    top-scored candidate is correct (tied top scores share the pick, an unparsed score ranks
+    last), next to picking at random and to an oracle. None without such tasks."""
+    by_task = defaultdict(list)
+    for task, score, label in zip(task_ids, scores, labels, strict=True):
+        if task is not None and label is not None:
+            by_task[task].append((-math.inf if score is None else score, int(label)))
+    groups = [g for g in by_task.values() if len(g) > 1]
+    if not groups:
+        return None
+    judge = random = oracle = 0.0
+    for group in groups:
+        top = max(s for s, _ in group)
+        picked = [y for s, y in group if s == top]
+        judge += sum(picked) / len(picked)
+        random += sum(y for _, y in group) / len(group)
+        oracle += max(y for _, y in group)
+    n = len(groups)
+    return {
+        "accuracy": judge / n,
+        "random": random / n,
+        "oracle": oracle / n,
+        "tasks": n,
+        "mean_n": sum(map(len, groups)) / n,
+    }
+
+
+def pearson(x: list[float], y: list[float]) -> float | None:
+    """Pearson correlation; None with fewer than two points or a constant side."""
+    n = len(x)
+    if n < 2:
+        return None
+    mx_, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx_) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx, syy = sum((a - mx_) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+def _ranks(v: list[float]) -> list[float]:
+    order = sorted(range(len(v)), key=v.__getitem__)
+    ranks = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in order[i : j + 1]:  # ties share their average rank
+            ranks[k] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman rank correlation (Pearson on average ranks)."""
+    return pearson(_ranks(x), _ranks(y))
+
+
+def value_paths(tokenizer, fmt: VerdictFormat) -> tuple[list[int], dict[str, list[int]]]:
+    """How ``fmt``'s verdicts tokenize: the tokens every verdict starts with, and for each value
+    the shortest token path after them that tells it from every other value (``[" 8"]`` in a BPE
+    vocabulary; ``["1", "/"]`` vs ``["1", "0"]`` for 1 and 10 where digits are split, as in
+    Gemma's and SmolLM2's)."""
+    if fmt.template is None:
+        raise ValueError(f"the {fmt.name} format has no template; direct scoring needs one")
+    enc = {
+        v: tokenizer.encode(fmt.template.format(v), add_special_tokens=False)
+        for v in fmt.direct_values()
+    }
+    shortest = min(len(e) for e in enc.values())
+    common = next((i for i in range(shortest) if len({e[i] for e in enc.values()}) > 1), shortest)
+    paths = {}
+    for v, e in enc.items():
         rest = e[common:]
-        numbers[s] = rest[: rest.index(slash)] if slash in rest else rest[:1]
-    return encoded[0][:common], numbers, slash
+        k = next(
+            (
+                k
+                for k in range(1, len(rest) + 1)
+                if all(w == v or o[common : common + k] != rest[:k] for w, o in enc.items())
+            ),
+            None,
+        )
+        if k is None:
+            raise ValueError(f"{fmt.name}: {v!r} cannot be told apart from another value")
+        paths[v] = rest[:k]
+    return next(iter(enc.values()))[:common], paths
 
 
-def _next_token_probs(model, seqs: list[list[int]]):
+def _next_token_probs(model, head, seqs: list[list[int]]):
     import mlx.core as mx
     import numpy as np
 
@@ -70,7 +141,6 @@ def _next_token_probs(model, seqs: list[list[int]]):
     for i, e in enumerate(seqs):  # right-pad; read each row at its own last token
         arr[i, : len(e)] = e
     rows, ends = mx.arange(len(seqs)), mx.array([len(e) - 1 for e in seqs])
-    head = getattr(model, "_trained_positions_head", None)
     if head is not None:  # the LM head at each row's last position only (vocab x width each)
         last = head(model.model(mx.array(arr))[rows, ends])
     else:
@@ -79,41 +149,49 @@ def _next_token_probs(model, seqs: list[list[int]]):
 
 
 def direct_scores(
-    model, tokenizer, prompt_ids: list[list[int]], batch_size: int = 16
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    fmt: VerdictFormat = SCORE10,
+    batch_size: int = 16,
 ) -> list[float]:
-    """Expected score without generating a critique, in the spirit of direct GenRM (Zhang et al.
-    2024): the model's probability of each ``N`` right after ``<start_of_turn>model\nScore: ``,
-    renormalized over N = 0..10. One forward pass per prompt when every score is one distinct
-    token; a second one per shared first token (``1`` vs ``10`` with split digits), where the
-    next token (``/`` or ``0``) tells them apart. Also the hook for best-of-N reranking."""
+    """Raw verdict expected without generating a critique, in the spirit of direct GenRM (Zhang
+    et al. 2024): the model's probability of each verdict right after the verdict's own opening
+    (``Score: ``, ``Is the answer correct (Yes/No)? ``, ``[[``) at the start of its turn,
+    renormalized over the format's values: P(Yes) for ``yes_no``, P(A) (ties half) for
+    ``pairwise``, the expected score for numeric formats. One forward pass per prompt, plus one
+    per shared first token where values share it (``1`` and ``10`` with split digits). Also the
+    hook for best-of-N reranking."""
     import mlx.nn as nn
     import numpy as np
 
-    from .sft_loop import enable_trained_positions_head
+    from .sft_loop import checked_head
 
-    if isinstance(model, nn.Module):  # a checked body/head split, else the whole model
-        enable_trained_positions_head(model)
-    prefix, numbers, slash = score_tokens(tokenizer)
-    if any(len(t) > 2 or not t for t in numbers.values()):
-        raise ValueError("scores tokenize into more than two tokens; direct scoring unsupported")
-    firsts: dict[int, list[int]] = {}
-    for s, toks in numbers.items():
-        firsts.setdefault(toks[0], []).append(s)
-    shared = [t for t, ss in firsts.items() if len(ss) > 1 or len(numbers[ss[0]]) > 1]
-    values = np.arange(11, dtype=np.float64)
+    head = checked_head(model) if isinstance(model, nn.Module) else None
+    prefix, paths = value_paths(tokenizer, fmt)
+    raw = fmt.direct_values()
+    # Every proper prefix of a path needs the next-token distribution after it.
+    steps = sorted({tuple(p[:j]) for p in paths.values() for j in range(len(p))}, key=len)
+    values = np.array([raw[v] for v in paths])
     out = []
     for start in range(0, len(prompt_ids), batch_size):
         seqs = [list(p) + prefix for p in prompt_ids[start : start + batch_size]]
-        p1 = _next_token_probs(model, seqs)
-        prob = np.zeros((len(seqs), 11))
-        for s, toks in numbers.items():
-            if toks[0] not in shared:
-                prob[:, s] = p1[:, toks[0]]
-        for t in shared:
-            p2 = _next_token_probs(model, [q + [t] for q in seqs])
-            for s in firsts[t]:
-                follow = numbers[s][1] if len(numbers[s]) > 1 else slash
-                prob[:, s] = p1[:, t] * p2[:, follow]
-        prob /= np.maximum(prob.sum(axis=1, keepdims=True), 1e-30)
-        out += (prob @ values).tolist()
+        probs = {s: _next_token_probs(model, head, [q + list(s) for q in seqs]) for s in steps}
+        joint = np.ones((len(seqs), len(paths)))
+        for col, path in enumerate(paths.values()):
+            for j, token in enumerate(path):
+                joint[:, col] *= probs[tuple(path[:j])][:, token]
+        joint /= np.maximum(joint.sum(axis=1, keepdims=True), 1e-30)
+        out += (joint @ values).tolist()
     return out
+
+
+def swap_pair(prompt: str, a: str, b: str) -> str | None:
+    """``prompt`` with Response A (``a``) and Response B (``b``) exchanged, for judging both
+    orders. A precedes B: B is its last occurrence, A the last one before B. None where they
+    are not found in that order."""
+    b_at = prompt.rfind(b)
+    a_at = prompt.rfind(a, 0, b_at) if b_at >= 0 else -1
+    if a_at < 0 or a_at + len(a) > b_at:
+        return None
+    return prompt[:a_at] + b + prompt[a_at + len(a) : b_at] + a + prompt[b_at + len(b) :]

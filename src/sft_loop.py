@@ -42,7 +42,7 @@ def _token_cross_entropy_vjp(primals, cotangents, outputs):
     return grad.astype(logits.dtype), mx.zeros_like(targets)
 
 
-def enable_trained_positions_head(model) -> bool:
+def checked_head(model):
     """Let ``masked_loss`` compute logits only where a token is trained, if this model allows it.
 
     mlx-lm computes the LM head and the softmax at every position. With ``mask_prompt`` most
@@ -51,7 +51,7 @@ def enable_trained_positions_head(model) -> bool:
     body (``model.model``) and head (``lm_head`` or the tied embedding) is architecture
     specific, so the split is checked: on a short batch, ``head(body(x))`` must reproduce
     ``model(x)``; otherwise (e.g. logit soft-capping in the head) every position is computed as
-    before. Returns whether it is enabled.
+    before. Returns the head, or None where the split does not hold.
     """
     body = getattr(model, "model", None)
     if "lm_head" in model:
@@ -71,6 +71,12 @@ def enable_trained_positions_head(model) -> bool:
             ok = False
         model.train(training)
         head = head if ok else None
+    return head
+
+
+def enable_trained_positions_head(model) -> bool:
+    """``checked_head``, kept on the model for ``masked_loss``; returns whether it is enabled."""
+    head = checked_head(model)
     object.__setattr__(model, "_trained_positions_head", head)  # not a parameter
     return head is not None
 

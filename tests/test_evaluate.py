@@ -9,7 +9,9 @@ import pytest
 from conftest import flags, read_jsonl, train_tiny_adapter, write_jsonl
 
 from src.evaluate_genrm import main as evaluate
-from src.judge import auc, pairwise_accuracy, parse_score, score_tokens
+from src.genrm_sample import generate_rows
+from src.judge import auc, pairwise_accuracy, parse_score, value_paths
+from src.verdicts import FORMATS
 
 
 @pytest.mark.parametrize(
@@ -41,41 +43,63 @@ def test_auc_and_pairwise():
     assert n == 3 and acc == pytest.approx(2.5 / 3)
 
 
-def test_score_tokens_cover_every_score(tiny_model):
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_value_paths_tell_every_verdict_apart(tiny_model, fmt):
     from src.model_source import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
-    prefix, numbers, slash = score_tokens(tok)
-    assert tok.decode(prefix).strip() == "Score:"
-    for score, toks in numbers.items():
-        assert tok.decode(prefix + toks + [slash]).replace(" ", "") == f"Score:{score}/"
-    assert len({tuple(t) for t in numbers.values()}) == 11
+    f = FORMATS[fmt]
+    prefix, paths = value_paths(tok, f)
+    opening = f.template.split("{}")[0]
+    assert (
+        tok.decode(prefix).replace(" ", "")
+        == opening.replace(" ", "")[: len(tok.decode(prefix).replace(" ", ""))]
+    )
+    assert len({tuple(p) for p in paths.values()}) == len(f.direct_values())
+    for value, path in paths.items():  # each path is how that verdict's text goes on
+        full = tok.encode(f.template.format(value), add_special_tokens=False)
+        assert full[: len(prefix) + len(path)] == prefix + path
 
 
-def test_direct_score_follows_the_model(tiny_model, monkeypatch):
-    """With a model that puts all mass on one verdict, the expected score is that verdict."""
+@pytest.mark.parametrize(
+    "fmt, target, want",
+    [
+        ("score10", "2", 2.0),
+        ("score10", "7", 7.0),
+        ("score10", "10", 10.0),
+        ("yes_no", "Yes", 1.0),
+        ("yes_no", "No", 0.0),
+        ("result5", "4", 4.0),
+        ("rating10", "10", 10.0),
+        ("rating10", "1", 1.0),
+        ("pairwise", "B", 0.0),
+        ("pairwise", "C", 0.5),
+    ],
+)
+def test_direct_score_follows_the_model(tiny_model, fmt, target, want):
+    """With a model that puts all mass on one verdict, the direct score is that verdict."""
     import mlx.core as mx
 
     from src.judge import direct_scores
     from src.model_source import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
-    prefix, numbers, slash = score_tokens(tok)
-    for target in (2, 7, 10):
-        seq = numbers[target] + [slash]
+    f = FORMATS[fmt]
+    prefix, _ = value_paths(tok, f)
+    seq = tok.encode(f.template.format(target), add_special_tokens=False)[len(prefix) :]
 
-        def model(x, seq=seq):  # after the prefix, emit the target's tokens then "/"
-            b, t = x.shape
-            logits = mx.full((b, t, 512), -30.0)
-            done = [int((x[i] != 0).sum()) for i in range(b)]
-            for i in range(b):
-                row = x[i, : done[i]].tolist()
-                k = max(j for j in range(len(seq) + 1) if j == 0 or row[-j:] == seq[:j])
-                logits[i, done[i] - 1, seq[min(k, len(seq) - 1)]] = 30.0
-            return logits
+    def model(x):  # after the prefix, emit the target verdict's tokens
+        b, t = x.shape
+        logits = mx.full((b, t, 512), -30.0)
+        done = [int((x[i] != 0).sum()) for i in range(b)]
+        for i in range(b):
+            row = x[i, : done[i]].tolist()
+            k = max(j for j in range(len(seq) + 1) if j == 0 or row[-j:] == seq[:j])
+            logits[i, done[i] - 1, seq[min(k, len(seq) - 1)]] = 30.0
+        return logits
 
-        got = direct_scores(model, tok, [[5, 6, 7], [8, 9]])
-        assert got == pytest.approx([target, target], abs=1e-3)
+    got = direct_scores(model, tok, [[5, 6, 7], [8, 9]], f)
+    assert got == pytest.approx([want, want], abs=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -163,20 +187,175 @@ def test_non_chat_rows_are_refused(tmp_path, capsys, fused):
     assert "evaluated on chat rows" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "verdict", ["Is the answer correct (Yes/No)? Yes", "[RESULT] 4", "Rating: [[7]]"]
-)
-def test_references_in_another_verdict_format_are_refused(tmp_path, capsys, fused, verdict):
-    """Other formats must not turn into metrics that look like results (Yes/No rows used to
-    give parse_rate 0.66 and a score error against nothing)."""
+def _fake_judge(monkeypatch, answer):
+    """Replace generation by ``answer(prompt_text) -> judgement`` (the direct scores still come
+    from the real model)."""
+    import importlib
+
+    gen = importlib.import_module("mlx_lm.generate")  # the module, not the function
+
+    def fake(model, tokenizer, prompts, max_tokens):
+        return SimpleNamespace(texts=[answer(tokenizer.decode(p)) for p in prompts])
+
+    monkeypatch.setattr(gen, "batch_generate", fake)
+
+
+@pytest.mark.parametrize("verdict", ["yes_no", "result5", "rating10"])
+def test_other_pointwise_formats_are_detected_and_scored(tmp_path, fused, monkeypatch, verdict):
+    """Rows in another verdict format are read in that format: a judge that copies the
+    reference scores perfectly, one that always answers the lowest verdict scores at chance."""
+    rows = list(generate_rows(40, seed=3, long_fraction=0.0, verdict=verdict))
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+    lowest = {"yes_no": "No", "result5": "1", "rating10": "1"}[verdict]
+    low_text = FORMATS[verdict].template.format(lowest)
+    results = {}
+    references = iter([r["messages"][-1]["content"] for r in rows])  # judged in row order
+    for name, answer in {
+        "copy": lambda p: next(references),
+        "lowest": lambda p: "Critique: no.\n" + low_text,
+    }.items():
+        _fake_judge(monkeypatch, answer)
+        out = tmp_path / f"{name}.json"
+        judgements = tmp_path / f"{name}.jsonl"
+        assert evaluate(_eval_args(fused, data=data, metrics=out, judgements_out=judgements)) == 0
+        results[name] = json.loads(out.read_text())
+        assert {j["verdict_format"] for j in read_jsonl(judgements)} == {verdict}
+    copy, lowest_m = results["copy"], results["lowest"]
+    assert copy[f"verdict_format_{verdict}"] == 1 and "verdict_format_score10" not in copy
+    assert copy["parse_rate"] == 1.0 and copy["verdict_accuracy"] == 1.0
+    assert copy["mean_abs_score_error"] == 0.0 and copy["score_pearson"] == 1.0
+    assert copy["score_spearman"] == 1.0 and copy["best_of_n_accuracy"] == 1.0
+    assert copy["best_of_n_oracle"] == 1.0 and 0.3 < copy["best_of_n_random"] < 0.7
+    labels = [r["metadata"]["label"] for r in rows]
+    assert lowest_m["verdict_accuracy"] == round(labels.count(0) / len(labels), 4)
+    assert lowest_m["best_of_n_accuracy"] == lowest_m["best_of_n_random"]  # all tied: random
+    assert "score_pearson" not in lowest_m  # a constant judge has no correlation, not NaN
+
+
+def test_pairwise_rows_are_judged_in_both_orders(tmp_path, fused, monkeypatch):
+    rows = list(generate_rows(30, seed=4, long_fraction=0.0, verdict="pairwise"))
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+
+    def right(prompt):  # a perfect judge reads which response is the correct one
+        a = prompt.split("[Response A]\n")[1].split("\n")[0]
+        b = prompt.split("[Response B]\n")[1].split("\n")[0]
+        row = next(
+            r for r in rows if {a, b} == {r["metadata"]["response_a"], r["metadata"]["response_b"]}
+        )
+        correct = row["metadata"]["response_a" if row["metadata"]["label"] else "response_b"]
+        return "Critique: ...\n[[A]]" if a == correct else "Critique: ...\n[[B]]"
+
+    results = {}
+    for name, answer in {
+        "right": right,
+        "always_a": lambda p: "[[A]]",
+        "unparsed": lambda p: "A is better",
+    }.items():
+        _fake_judge(monkeypatch, answer)
+        out = tmp_path / f"{name}.json"
+        assert evaluate(_eval_args(fused, data=data, metrics=out)) == 0
+        results[name] = json.loads(out.read_text())
+    right_m, always_a, unparsed = results["right"], results["always_a"], results["unparsed"]
+    assert right_m["verdict_format_pairwise"] == 1 and right_m["n_pairs"] == len(rows)
+    assert right_m["pairwise_accuracy"] == 1.0 and right_m["position_consistency"] == 1.0
+    assert right_m["pairwise_accuracy_swapped"] == 1.0 and right_m["parse_rate"] == 1.0
+    # always [[A]]: right in one order of every pair, never consistent
+    assert always_a["pairwise_accuracy"] == 0.5 and always_a["position_consistency"] == 0.0
+    share_a = sum(r["metadata"]["label"] for r in rows) / len(rows)
+    assert always_a["pairwise_accuracy_given_order"] == round(share_a, 4)
+    # no verdict counts as a tie (RewardBench), not as a loss
+    assert unparsed["pairwise_accuracy"] == 0.5 and unparsed["parse_rate"] == 0.0
+    judged = read_jsonl(fused / "j.jsonl")
+    assert all("judgement_swapped" in j and "direct_score_swapped" in j for j in judged)
+
+
+def test_pairwise_rows_whose_responses_cannot_be_swapped_are_refused(tmp_path, capsys, fused):
+    rows = list(generate_rows(10, seed=4, long_fraction=0.0, verdict="pairwise"))
+    rows[3]["metadata"]["response_b"] = "not in the prompt"
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+    out = tmp_path / "eval.json"
+    assert evaluate(_eval_args(fused, data=data, metrics=out)) == 1
+    err = capsys.readouterr().err
+    assert f"{data}:4: cannot swap this pairwise row's responses" in err and "Fix:" in err
+    assert not out.exists()
+
+
+def test_references_in_no_known_format_are_refused(tmp_path, capsys, fused):
+    """A format nothing parses must not turn into metrics that look like results (Yes/No rows
+    used to give parse_rate 0.66 and a score error against nothing)."""
     rows = read_jsonl(fused / "valid.jsonl")
     for r in rows:
-        r["messages"][-1]["content"] = "Critique: fine.\n" + verdict
-        r.pop("metadata", None)
+        r["messages"][-1]["content"] = "Critique: fine.\nVerdict: good"
     data = write_jsonl(tmp_path / "v.jsonl", rows)
     out = tmp_path / "eval.json"
     assert evaluate(_eval_args(fused, data=data, metrics=out, judgements_out=tmp_path / "j")) == 1
     err = capsys.readouterr().err
-    assert f"{data}:1: {len(rows)} of {len(rows)} reference judgements have no" in err
-    assert "Fix:" in err and "Traceback" not in err
+    n = len(rows)
+    assert f"{data}:1: no verdict format parses (nearly) all {n} reference judgements" in err
+    assert f"score10 0/{n}, yes_no 0/{n}" in err and "eval.verdict=regex" in err
+    assert "Traceback" not in err
     assert not out.exists() and not (tmp_path / "j").exists()
+    # a regex whose group captures words, not numbers, parses nothing: refused the same way
+    pattern = "Verdict: (good|bad)"
+    assert (
+        evaluate(
+            _eval_args(fused, data=data, metrics=out, verdict="regex", verdict_pattern=pattern)
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert f"eval.verdict=regex parses 0 of {n} reference judgements" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_a_format_that_does_not_match_the_references_is_refused(tmp_path, capsys, fused):
+    rows = list(generate_rows(20, seed=3, long_fraction=0.0, verdict="yes_no"))
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+    out = tmp_path / "eval.json"
+    assert evaluate(_eval_args(fused, data=data, metrics=out, verdict="score10")) == 1
+    err = capsys.readouterr().err
+    assert f"{data}:1: eval.verdict=score10 parses 0 of 20 reference judgements" in err
+    assert "Fix: set eval.verdict=yes_no or auto" in err
+    assert not out.exists()
+
+
+def test_a_regex_verdict_format(tmp_path, fused, monkeypatch):
+    rows = list(generate_rows(20, seed=3, long_fraction=0.0))
+    for r in rows:  # "Score: 8/10" -> "Grade: 4 of 5"
+        s = r["metadata"]["score"]
+        r["messages"][-1]["content"] = (
+            r["messages"][-1]["content"].split("Score:")[0] + f"Grade: {round(s / 2)} of 5"
+        )
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+    _fake_judge(monkeypatch, lambda p: "Grade: 5 of 5")
+    out = tmp_path / "eval.json"
+    args = _eval_args(
+        fused,
+        data=data,
+        metrics=out,
+        verdict="regex",
+        verdict_pattern=r"Grade: (\d) of 5",
+        verdict_min=0.0,
+        verdict_max=5.0,
+    )
+    assert evaluate(args) == 0
+    m = json.loads(out.read_text())
+    assert m["verdict_format_regex"] == 1 and m["parse_rate"] == 1.0 and "direct_auc" not in m
+    labels = [r["metadata"]["label"] for r in rows]
+    assert m["verdict_accuracy"] == round(sum(labels) / len(labels), 4)  # always 5 >= 2.5
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (dict(verdict="regex", verdict_pattern="Grade: (\\d"), "is not a valid regex"),
+        (dict(verdict="regex", verdict_pattern="Grade: \\d"), "must have exactly one group"),
+        (
+            dict(verdict="regex", verdict_pattern="(\\d)", verdict_min=5.0, verdict_max=5.0),
+            "must be below",
+        ),
+    ],
+)
+def test_bad_verdict_flags_are_refused(fused, capsys, extra, message):
+    assert evaluate(_eval_args(fused, **extra)) == 2
+    assert message in capsys.readouterr().err
