@@ -111,3 +111,31 @@ def train_tiny_adapter(root: Path, model: Path, **options) -> Path:
     args = train_flags(root, model, train_rows, valid_rows, **{**settings, **options})
     assert train(args) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def fused(tmp_path_factory, tiny_model) -> Path:
+    """A tiny judge, trained a few steps and fused: ``fused / "merged"``, with its
+    ``valid.jsonl``."""
+    from src.fuse_model import main as fuse
+
+    root = train_tiny_adapter(
+        tmp_path_factory.mktemp("eval"), tiny_model, iters=4, steps_per_eval=4, steps_per_save=4
+    )
+    assert (
+        fuse(
+            flags(
+                model=tiny_model,
+                adapter_path=root / "adapter",
+                save_path=root / "merged",
+                valid_data=root / "valid.jsonl",
+                generations_out=root / "g.md",
+                metrics=root / "f.json",
+                verify_rows=4,
+                n_generations=1,
+                max_tokens=4,
+            )
+        )
+        == 0
+    )
+    return root

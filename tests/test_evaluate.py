@@ -6,7 +6,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import flags, read_jsonl, train_tiny_adapter, write_jsonl
+from conftest import flags, read_jsonl, write_jsonl
 
 from src.evaluate_genrm import main as evaluate
 from src.genrm_sample import generate_rows
@@ -100,32 +100,6 @@ def test_direct_score_follows_the_model(tiny_model, fmt, target, want):
 
     got = direct_scores(model, tok, [[5, 6, 7], [8, 9]], f)
     assert got == pytest.approx([want, want], abs=1e-3)
-
-
-@pytest.fixture(scope="module")
-def fused(tmp_path_factory, tiny_model):
-    from src.fuse_model import main as fuse
-
-    root = train_tiny_adapter(
-        tmp_path_factory.mktemp("eval"), tiny_model, iters=4, steps_per_eval=4, steps_per_save=4
-    )
-    assert (
-        fuse(
-            flags(
-                model=tiny_model,
-                adapter_path=root / "adapter",
-                save_path=root / "merged",
-                valid_data=root / "valid.jsonl",
-                generations_out=root / "g.md",
-                metrics=root / "f.json",
-                verify_rows=4,
-                n_generations=1,
-                max_tokens=4,
-            )
-        )
-        == 0
-    )
-    return root
 
 
 def _eval_args(root, **extra):

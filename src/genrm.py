@@ -1,0 +1,243 @@
+"""The trained judge as a scoring function: (prompt, response) pairs in, scores in [0, 1] out.
+
+``GenRM`` builds the judge's own prompt around each pair (the grading prompt it was trained on),
+lets it write its critique and verdict (greedy), and reads the verdict in the data's format
+(``src/verdicts.py``) as a score in [0, 1]; with ``direct=True`` it skips the critique and
+scores from the verdict's probabilities after one forward pass (P(Yes), the expected score).
+
+Its call signature is a reward function's, unchanged for both RL trainers people use:
+
+    judge = GenRM("checkpoints/sft_merged_model")
+    judge(prompts=["Compute 2 + 2."], completions=["4"])          # -> [0.9]
+    GRPOTrainer(..., reward_funcs=[judge])                         # TRL: extra columns as kwargs
+    mlx_lm_lora GRPO: reward_funcs=[judge]                         # prompts, completions, answer
+
+A reference answer (reference-guided judging) comes from the ``reference`` column (TRL passes
+dataset columns as keyword arguments) or ``answer`` (mlx-lm-lora's name).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .genrm_sample import VERDICTS, judge_prompt
+from .runtime import StageError
+from .verdicts import VerdictFormat, get_format
+
+
+def _messages(x) -> list[dict] | None:
+    if isinstance(x, dict):
+        x = [x]
+    is_list = isinstance(x, Sequence) and not isinstance(x, str) and len(x) > 0
+    if is_list and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in x):
+        return list(x)
+    return None
+
+
+def prompt_text(x) -> str:
+    """A prompt as text: a string, or a conversation (TRL's conversational format): its last
+    user turn."""
+    if isinstance(x, str):
+        return x
+    messages = _messages(x)
+    users = [m["content"] for m in messages or [] if m.get("role") == "user"]
+    if not users:
+        raise TypeError(f"a prompt must be a string or chat messages with a user turn: {x!r:.80}")
+    return users[-1]
+
+
+def completion_text(x) -> str:
+    """A completion as text: a string, or its assistant turns (TRL's conversational format)."""
+    if isinstance(x, str):
+        return x
+    messages = _messages(x)
+    said = [m["content"] for m in messages or [] if m.get("role") == "assistant"]
+    if not said:
+        raise TypeError(f"a completion must be a string or assistant messages: {x!r:.80}")
+    return "\n".join(said)
+
+
+class _Judge:
+    """What every judge shares: the verdict format, the judge's prompt, the reward signature."""
+
+    def __init__(
+        self, verdict: str | VerdictFormat, template: str | None, max_tokens: int, unparsed: float
+    ):
+        self.fmt = verdict if isinstance(verdict, VerdictFormat) else get_format(verdict)
+        if self.fmt.name == "pairwise":
+            raise StageError(
+                "GenRM scores one response at a time; a pairwise judge compares two "
+                "(evaluate it with the evaluate stage)."
+            )
+        if template is None and self.fmt.name not in VERDICTS:
+            raise StageError(
+                f"the {self.fmt.name} format has no built-in judge prompt: pass a template "
+                "with {prompt} and {response} (and {reference} if it uses one)."
+            )
+        self.template, self.max_tokens, self.unparsed = template, max_tokens, unparsed
+        self.__name__ = f"genrm_{self.fmt.name}"  # TRL and mlx-lm-lora name reward functions
+
+    def judge_prompt(self, prompt: str, response: str, reference: str | None = None) -> str:
+        """The user turn the judge reads for one pair."""
+        if self.template is None:
+            return judge_prompt(prompt, response, self.fmt.name, reference)
+        fields = {"prompt": prompt, "response": response}
+        if "{reference}" in self.template:
+            if reference is None:
+                raise StageError("the template uses {reference}, but no reference was given.")
+            fields["reference"] = reference
+        return self.template.format(**fields)
+
+    def user_turns(self, prompts: list, completions: list, references: list | None) -> list[str]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        refs = references if references is not None else [None] * len(prompts)
+        return [
+            self.judge_prompt(prompt_text(p), completion_text(c), r)
+            for p, c, r in zip(prompts, completions, refs, strict=True)
+        ]
+
+    def record(self, text: str) -> dict:
+        # Stripped: mlx-lm's server drops the leading space SentencePiece puts on the first
+        # token, batch_generate keeps it; the judgement is the same either way.
+        text = text.strip()
+        raw = self.fmt.parse(text)
+        return {"score": None if raw is None else self.fmt.unit(raw), "raw": raw, "judgement": text}
+
+    def judge(self, prompts: list, completions: list, references: list | None = None) -> list:
+        raise NotImplementedError
+
+    def score(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        """Scores in [0, 1], one per completion; a judgement without a verdict scores
+        ``unparsed`` (0.0 by default: an unreadable answer earns nothing). Keyword arguments are
+        what the trainers pass: ``reference`` or ``answer`` (a reference answer per pair) is
+        used, the rest (``completion_ids``, ``types``, other dataset columns) is ignored."""
+        refs = kwargs.get("reference", kwargs.get("answer"))
+        if refs is not None:
+            refs = [None if r is None else str(r) for r in refs]
+        records = self.judge(prompts, completions, refs)
+        return [self.unparsed if r["score"] is None else r["score"] for r in records]
+
+    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        return self.score(prompts, completions, **kwargs)
+
+
+class GenRM(_Judge):
+    """A GenRM judge loaded from a model folder (e.g. ``checkpoints/sft_merged_model``)."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        verdict: str | VerdictFormat = "score10",
+        template: str | None = None,
+        direct: bool = False,
+        max_tokens: int = 64,
+        batch_size: int = 16,
+        unparsed: float = 0.0,
+        progress: bool | None = None,
+    ):
+        from .base_model import load_base
+
+        super().__init__(verdict, template, max_tokens, unparsed)
+        if direct and self.fmt.template is None:
+            raise StageError(f"direct scoring needs a verdict template; {self.fmt.name} has none.")
+        self.direct, self.batch_size, self.progress = direct, batch_size, progress
+        self.model_path = Path(model)
+        # load_base: a quantized model is dequantized on the CPU, and the CPU computes in fp32
+        self.model, self.tokenizer, _, _ = load_base(str(model), 0, 64)
+
+    def prompt_ids(self, user_turns: list[str]) -> list[list[int]]:
+        tok = self.tokenizer
+        return [
+            tok.encode(
+                tok.apply_chat_template(
+                    [{"role": "user", "content": u}], add_generation_prompt=True, tokenize=False
+                ),
+                add_special_tokens=False,
+            )
+            for u in user_turns
+        ]
+
+    def judge(self, prompts: list, completions: list, references: list | None = None) -> list[dict]:
+        """One record per pair: ``score`` in [0, 1] (None: no verdict), ``raw`` on the format's
+        own scale, and ``judgement`` (the critique and verdict; None with ``direct``)."""
+        from mlx_lm.generate import batch_generate
+
+        ids = self.prompt_ids(self.user_turns(prompts, completions, references))
+        out = []
+        bar = self._bar(len(ids))
+        for start in range(0, len(ids), self.batch_size):
+            batch = ids[start : start + self.batch_size]
+            if self.direct:
+                for raw in self._direct(batch):
+                    out.append({"score": self.fmt.unit(raw), "raw": raw, "judgement": None})
+            else:
+                texts = batch_generate(
+                    self.model, self.tokenizer, batch, max_tokens=self.max_tokens
+                ).texts
+                out += [self.record(text) for text in texts]
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        return out
+
+    def _direct(self, batch: list[list[int]]) -> list[float]:
+        from .judge import direct_scores
+
+        return direct_scores(self.model, self.tokenizer, batch, self.fmt, len(batch))
+
+    def _bar(self, total: int):
+        show = self.progress if self.progress is not None else total > 4 * self.batch_size
+        if not show:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc="judging", unit="pair", file=sys.stderr)
+
+
+class ServedGenRM(_Judge):
+    """The same judge behind mlx-lm's OpenAI-compatible server, over plain HTTP:
+
+        uv run mlx_lm.server --model checkpoints/sft_merged_model --port 8080
+        judge = ServedGenRM("http://127.0.0.1:8080")
+        judge(prompts=["Compute 2 + 2."], completions=["4"])    # same scores as GenRM(...)
+
+    Each pair is one chat completion (greedy, ``max_tokens``), its verdict read as ``GenRM``
+    reads it. Needs no MLX on the caller's side (the RL trainer can live elsewhere)."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        verdict: str | VerdictFormat = "score10",
+        template: str | None = None,
+        max_tokens: int = 64,
+        unparsed: float = 0.0,
+        timeout: float = 300.0,
+    ):
+        super().__init__(verdict, template, max_tokens, unparsed)
+        self.url, self.timeout = url.rstrip("/"), timeout
+
+    def complete(self, user_turn: str) -> str:
+        import urllib.request
+
+        body = {
+            "messages": [{"role": "user", "content": user_turn}],
+            "max_tokens": self.max_tokens,
+            "temperature": 0.0,
+        }
+        request = urllib.request.Request(
+            f"{self.url}/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.load(response)["choices"][0]["message"]["content"]
+
+    def judge(self, prompts: list, completions: list, references: list | None = None) -> list:
+        return [
+            self.record(self.complete(u)) for u in self.user_turns(prompts, completions, references)
+        ]

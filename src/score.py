@@ -1,0 +1,140 @@
+"""Score (prompt, response) pairs with the trained judge: the judge as a command.
+
+Input: JSONL, one pair per line, either ``{"prompt": ..., "response": ...}`` or a chat row
+``{"messages": [..., {"role": "user", ...}, {"role": "assistant", ...}]}`` whose last turn is the
+response to judge (its last user turn is the prompt); ``"reference"`` (a reference answer) is
+optional in both. Output: JSONL, one line per input line in the same order:
+``{"line", "score", "raw", "judgement"}`` with ``score`` in [0, 1] (null when the judgement has
+no verdict) and ``raw`` on the verdict format's own scale. A bad row stops the command with
+``file:line: what. Fix: how`` and nothing written. See ``src/genrm.py`` for the Python interface.
+
+    uv run python -m src.score --model checkpoints/sft_merged_model \\
+        --input candidates.jsonl --output scores.jsonl [--direct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runtime import DataError, StageError, add_bool_flag, atomic_path, stage_main
+from .sft_data import read_jsonl
+from .verdicts import NAMES
+
+
+@dataclass
+class ScoreConfig:
+    model: str = "checkpoints/sft_merged_model"
+    input: Path = Path("candidates.jsonl")
+    output: Path = Path("scores.jsonl")
+    verdict: str = "score10"
+    template: Path | None = None
+    direct: bool = False
+    max_tokens: int = 64
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise StageError(f"--{name.replace('_', '-')} must be >= 1.")
+        if self.template is not None and not Path(self.template).is_file():
+            raise StageError(f"--template {self.template}: no such file.")
+
+
+def read_pairs(path: Path) -> tuple[list[int], list, list, list | None]:
+    """Line numbers, prompts, responses and references (None when no row has one)."""
+    lines, prompts, responses, refs = [], [], [], []
+    for line, row in read_jsonl(path):
+        if "messages" in row:
+            msgs = row["messages"]
+            ok = isinstance(msgs, list) and all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs
+            )
+            users = [m["content"] for m in msgs if m.get("role") == "user"] if ok else []
+            if not ok or not users or msgs[-1].get("role") != "assistant":
+                raise DataError(
+                    path,
+                    line,
+                    "a chat row must end with the assistant response to judge, after a user turn",
+                    'write {"messages": [{"role": "user", "content": ...}, {"role": '
+                    '"assistant", "content": ...}]}',
+                )
+            prompt, response = users[-1], msgs[-1]["content"]
+        else:
+            prompt, response = row.get("prompt"), row.get("response")
+            for name, value in (("prompt", prompt), ("response", response)):
+                if not isinstance(value, str) or not value.strip():
+                    raise DataError(
+                        path,
+                        line,
+                        f'"{name}" is missing or not a non-empty string',
+                        'write {"prompt": "...", "response": "..."} or a chat row',
+                    )
+        ref = row.get("reference")
+        if ref is not None and not isinstance(ref, str | int | float):
+            raise DataError(path, line, '"reference" must be a string', "write it as text")
+        lines.append(line)
+        prompts.append(prompt)
+        responses.append(response)
+        refs.append(None if ref is None else str(ref))
+    return lines, prompts, responses, refs if any(r is not None for r in refs) else None
+
+
+def run(cfg: ScoreConfig) -> dict:
+    from .genrm import GenRM
+
+    lines, prompts, responses, refs = read_pairs(cfg.input)  # all rows checked before loading
+    template = Path(cfg.template).read_text(encoding="utf-8") if cfg.template else None
+    judge = GenRM(cfg.model, cfg.verdict, template, cfg.direct, cfg.max_tokens, cfg.batch_size)
+    try:
+        records = judge.judge(prompts, responses, refs)
+    except (KeyError, IndexError) as err:  # a template field the rows do not have
+        raise StageError(f"--template {cfg.template}: unknown field {err}.") from None
+    with atomic_path(cfg.output) as tmp:
+        tmp.write_text(
+            "".join(
+                json.dumps({"line": n, **r}) + "\n" for n, r in zip(lines, records, strict=True)
+            ),
+            encoding="utf-8",
+        )
+    scored = [r["score"] for r in records if r["score"] is not None]
+    metrics = {"n_rows": len(records), "n_unparsed": len(records) - len(scored)}
+    if scored:
+        metrics["mean_score"] = round(sum(scored) / len(scored), 4)
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ScoreConfig()
+    p = argparse.ArgumentParser(prog="python -m src.score", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=d.model, help="the judge: a fused model folder")
+    p.add_argument("--input", type=Path, required=True, help="JSONL of pairs to score")
+    p.add_argument("--output", type=Path, required=True, help="JSONL of scores, one per input row")
+    p.add_argument(
+        "--verdict",
+        default=d.verdict,
+        choices=[n for n in NAMES if n not in ("pairwise", "regex")],
+        help="the verdict format the judge writes",
+    )
+    p.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        help="file with the judge's prompt, {prompt} and {response} (and {reference}) in it "
+        "(default: the sample data's grading prompt for --verdict)",
+    )
+    add_bool_flag(p, "--direct", d.direct, "score from verdict probabilities, no critique")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="judgement length")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--metrics", type=Path, default=None, help="also write a summary JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(build_parser(), ScoreConfig, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
