@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .genrm_sample import VERDICTS, judge_prompt
+from .judge import TOP_LOGPROBS, soft_verdict, value_token_ids
 from .runtime import StageError
 from .verdicts import VerdictFormat, get_format
 
@@ -58,6 +59,16 @@ def completion_text(x) -> str:
     if not said:
         raise TypeError(f"a completion must be a string or assistant messages: {x!r:.80}")
     return "\n".join(said)
+
+
+def _soft_values(tokenizer, fmt: VerdictFormat) -> dict[int, float]:
+    values = value_token_ids(tokenizer, fmt)
+    if values is None:
+        raise StageError(
+            f"soft scores need each {fmt.name} verdict to be one token; with this tokenizer "
+            "some share a first token (e.g. 1 and 10): use the parsed verdict or direct scores."
+        )
+    return values
 
 
 class _Judge:
@@ -100,12 +111,18 @@ class _Judge:
             for p, c, r in zip(prompts, completions, refs, strict=True)
         ]
 
-    def record(self, text: str) -> dict:
+    def record(self, text: str, tokens: list[int] | None = None, top: list | None = None) -> dict:
+        """A judgement's score; with its ``tokens`` and their ``top`` log-probabilities also
+        ``soft_score``, the verdict's probability-weighted value where it was written."""
         # Stripped: mlx-lm's server drops the leading space SentencePiece puts on the first
         # token, batch_generate keeps it; the judgement is the same either way.
         text = text.strip()
         raw = self.fmt.parse(text)
-        return {"score": None if raw is None else self.fmt.unit(raw), "raw": raw, "judgement": text}
+        out = {"score": None if raw is None else self.fmt.unit(raw), "raw": raw, "judgement": text}
+        if tokens is not None:
+            soft = soft_verdict(self.fmt, self.tokenizer, self.soft_values, tokens, top)
+            out["soft_score"] = None if soft is None else self.fmt.unit(soft)
+        return out
 
     def judge(self, prompts: list, completions: list, references: list | None = None) -> list:
         raise NotImplementedError
@@ -119,7 +136,9 @@ class _Judge:
         if refs is not None:
             refs = [None if r is None else str(r) for r in refs]
         records = self.judge(prompts, completions, refs)
-        return [self.unparsed if r["score"] is None else r["score"] for r in records]
+        # soft scores where the judge wrote a verdict token; the parsed verdict where it did not
+        scores = [r["score"] if r.get("soft_score") is None else r["soft_score"] for r in records]
+        return [self.unparsed if s is None else s for s in scores]
 
     def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
         return self.score(prompts, completions, **kwargs)
@@ -138,6 +157,7 @@ class GenRM(_Judge):
         batch_size: int = 16,
         unparsed: float = 0.0,
         progress: bool | None = None,
+        soft: bool = False,
     ):
         from .base_model import load_base
 
@@ -148,6 +168,7 @@ class GenRM(_Judge):
         self.model_path = Path(model)
         # load_base: a quantized model is dequantized on the CPU, and the CPU computes in fp32
         self.model, self.tokenizer, _, _ = load_base(str(model), 0, 64)
+        self.soft_values = _soft_values(self.tokenizer, self.fmt) if soft else None
 
     def prompt_ids(self, user_turns: list[str]) -> list[list[int]]:
         tok = self.tokenizer
@@ -174,6 +195,9 @@ class GenRM(_Judge):
             if self.direct:
                 for raw in self._direct(batch):
                     out.append({"score": self.fmt.unit(raw), "raw": raw, "judgement": None})
+            elif self.soft_values is not None:
+                for tokens, top in zip(*self._generate(batch), strict=True):
+                    out.append(self.record(self.tokenizer.decode(tokens), tokens, top))
             else:
                 texts = batch_generate(
                     self.model, self.tokenizer, batch, max_tokens=self.max_tokens
@@ -184,6 +208,26 @@ class GenRM(_Judge):
         if bar is not None:
             bar.close()
         return out
+
+    def _generate(self, batch: list[list[int]]) -> tuple[list[list[int]], list[list[dict]]]:
+        """Greedy judgements as ``batch_generate`` makes them, keeping each generated token
+        and the ``TOP_LOGPROBS`` log-probabilities of its step (what mlx-lm's server reports)."""
+        import mlx.core as mx
+        from mlx_lm.generate import BatchGenerator
+
+        gen = BatchGenerator(self.model, stop_tokens=[[t] for t in self.tokenizer.eos_token_ids])
+        uids = gen.insert(batch, [self.max_tokens] * len(batch))
+        tokens, tops = {u: [] for u in uids}, {u: [] for u in uids}
+        while responses := gen.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":
+                    best = mx.argpartition(-r.logprobs, kth=TOP_LOGPROBS - 1)[:TOP_LOGPROBS]
+                    tokens[r.uid].append(r.token)
+                    tops[r.uid].append(
+                        dict(zip(best.tolist(), r.logprobs[best].tolist(), strict=True))
+                    )
+        gen.close()
+        return [tokens[u] for u in uids], [tops[u] for u in uids]
 
     def _direct(self, batch: list[list[int]]) -> list[float]:
         from .judge import direct_scores
@@ -207,7 +251,10 @@ class ServedGenRM(_Judge):
         judge(prompts=["Compute 2 + 2."], completions=["4"])    # same scores as GenRM(...)
 
     Each pair is one chat completion (greedy, ``max_tokens``), its verdict read as ``GenRM``
-    reads it. Needs no MLX on the caller's side (the RL trainer can live elsewhere)."""
+    reads it; no MLX is needed on the caller's side (the RL trainer can live elsewhere). With
+    ``soft=True`` (and ``tokenizer``, the model folder: only its tokenizer is read) the
+    completion also carries log-probabilities (``top_logprobs``), from which the verdict's
+    soft score is computed exactly as ``GenRM(soft=True)`` computes it."""
 
     def __init__(
         self,
@@ -217,11 +264,22 @@ class ServedGenRM(_Judge):
         max_tokens: int = 64,
         unparsed: float = 0.0,
         timeout: float = 300.0,
+        soft: bool = False,
+        tokenizer: str | Path | None = None,
     ):
         super().__init__(verdict, template, max_tokens, unparsed)
         self.url, self.timeout = url.rstrip("/"), timeout
+        self.soft_values = None
+        if soft:
+            if tokenizer is None:
+                raise StageError("soft=True needs tokenizer= (the served model's folder).")
+            from transformers import AutoTokenizer
 
-    def complete(self, user_turn: str) -> str:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+            self.soft_values = _soft_values(self.tokenizer, self.fmt)
+
+    def complete(self, user_turn: str) -> dict:
+        """One chat completion of the server: its JSON response."""
         import urllib.request
 
         body = {
@@ -229,15 +287,27 @@ class ServedGenRM(_Judge):
             "max_tokens": self.max_tokens,
             "temperature": 0.0,
         }
+        if self.soft_values is not None:
+            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         request = urllib.request.Request(
             f"{self.url}/v1/chat/completions",
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return json.load(response)["choices"][0]["message"]["content"]
+            return json.load(response)
 
     def judge(self, prompts: list, completions: list, references: list | None = None) -> list:
-        return [
-            self.record(self.complete(u)) for u in self.user_turns(prompts, completions, references)
-        ]
+        out = []
+        for user_turn in self.user_turns(prompts, completions, references):
+            choice = self.complete(user_turn)["choices"][0]
+            text = choice["message"]["content"]
+            if self.soft_values is None:
+                out.append(self.record(text))
+                continue
+            # Greedy decoding: each position's token is the most likely of its alternatives.
+            steps = [c["top_logprobs"] for c in choice["logprobs"]["content"]]
+            tokens = [max(step, key=lambda e: e["logprob"])["id"] for step in steps]
+            top = [{e["id"]: e["logprob"] for e in step} for step in steps]
+            out.append(self.record(text, tokens, top))
+        return out

@@ -195,3 +195,51 @@ def swap_pair(prompt: str, a: str, b: str) -> str | None:
     if a_at < 0 or a_at + len(a) > b_at:
         return None
     return prompt[:a_at] + b + prompt[a_at + len(a) : b_at] + a + prompt[b_at + len(b) :]
+
+
+# mlx-lm's server returns at most this many alternatives per generated token (top_logprobs).
+TOP_LOGPROBS = 11
+
+
+def value_token_ids(tokenizer, fmt: VerdictFormat) -> dict[int, float] | None:
+    """Token id -> raw value, where every verdict value is one token after its opening (Yes/No,
+    A/B/C, 1-5): the formats whose verdict distribution can be read at one generated position.
+    None otherwise (e.g. 1 and 10 share the token ``1`` where digits are split)."""
+    if fmt.template is None:
+        return None
+    _, paths = value_paths(tokenizer, fmt)
+    if any(len(p) != 1 for p in paths.values()):
+        return None
+    raw = fmt.direct_values()
+    return {p[0]: raw[v] for v, p in paths.items()}
+
+
+def soft_verdict(
+    fmt: VerdictFormat,
+    tokenizer,
+    values: dict[int, float],
+    tokens: list[int],
+    top: list[dict[int, float]],
+) -> float | None:
+    """The verdict's expected raw value at the position where the judge wrote it: the
+    generated judgement's last verdict is located, and the ``top`` log-probabilities of that
+    position (the ``TOP_LOGPROBS`` most likely tokens, as mlx-lm's server reports them) are
+    renormalized over the format's values, so P(Yes) after the critique for ``yes_no`` (Zhang
+    et al.'s GenRM-CoT score, greedy critique). None without a verdict, or where the value was
+    not written as one of the format's value tokens."""
+    text = tokenizer.decode(tokens)
+    found = list(fmt.pattern.finditer(text))
+    if not found:
+        return None
+    start = found[-1].start(1)
+    ends = [len(tokenizer.decode(tokens[: k + 1])) for k in range(len(tokens))]
+    k = next((k for k, end in enumerate(ends) if end > start), None)
+    # A small vocabulary may tell the values apart by the space before them (" Yes" as
+    # " ", "Y", "es" against " N", "o"): then the value's token is the one before.
+    if k and tokens[k] not in values and tokens[k - 1] in values:
+        k -= 0 if text[ends[k - 1] - 1 : start].strip() else 1
+    if k is None or k >= len(top) or tokens[k] not in values:
+        return None
+    probs = {t: math.exp(lp) for t, lp in top[k].items() if t in values}
+    total = sum(probs.values())
+    return sum(p * values[t] for t, p in probs.items()) / total if total > 0 else None

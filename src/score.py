@@ -5,7 +5,9 @@ Input: JSONL, one pair per line, either ``{"prompt": ..., "response": ...}`` or 
 response to judge (its last user turn is the prompt); ``"reference"`` (a reference answer) is
 optional in both. Output: JSONL, one line per input line in the same order:
 ``{"line", "score", "raw", "judgement"}`` with ``score`` in [0, 1] (null when the judgement has
-no verdict) and ``raw`` on the verdict format's own scale. A bad row stops the command with
+no verdict) and ``raw`` on the verdict format's own scale; ``--soft`` adds ``soft_score`` (the
+probability-weighted verdict where the judge wrote it, e.g. P(Yes); formats whose verdicts are
+one token each), ``--direct`` scores without a critique (``judgement`` null). A bad row stops the command with
 ``file:line: what. Fix: how`` and nothing written. See ``src/genrm.py`` for the Python interface.
 
     uv run python -m src.score --model checkpoints/sft_merged_model \\
@@ -32,6 +34,7 @@ class ScoreConfig:
     verdict: str = "score10"
     template: Path | None = None
     direct: bool = False
+    soft: bool = False
     max_tokens: int = 64
     batch_size: int = 16
 
@@ -39,6 +42,8 @@ class ScoreConfig:
         for name in ("max_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise StageError(f"--{name.replace('_', '-')} must be >= 1.")
+        if self.direct and self.soft:
+            raise StageError("--direct and --soft are two different scores: choose one.")
         if self.template is not None and not Path(self.template).is_file():
             raise StageError(f"--template {self.template}: no such file.")
 
@@ -126,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the sample data's grading prompt for --verdict)",
     )
     add_bool_flag(p, "--direct", d.direct, "score from verdict probabilities, no critique")
+    add_bool_flag(
+        p, "--soft", d.soft, "also soft_score: the verdict's probabilities where it was written"
+    )
     p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="judgement length")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--metrics", type=Path, default=None, help="also write a summary JSON here")

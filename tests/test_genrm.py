@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
 from conftest import flags, read_jsonl, write_jsonl
 
-from src.genrm import GenRM, ServedGenRM
+from src.genrm import GenRM, ServedGenRM, _soft_values
 from src.genrm_sample import judge_prompt
 from src.runtime import StageError
 from src.score import main as score
@@ -199,8 +200,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlx_lm_server_round_trip(fused, tmp_path):
-    """The fused judge served by mlx-lm's own server scores like the Python interface."""
+@contextmanager
+def _server(fused, tmp_path):
+    """mlx-lm's own server on the fused tiny judge, on a free localhost port."""
     port = _free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
@@ -226,17 +228,79 @@ def test_mlx_lm_server_round_trip(fused, tmp_path):
                 assert server.poll() is None, (tmp_path / "server.log").read_text()
                 assert time.time() < deadline, "mlx_lm.server did not start"
                 time.sleep(0.5)
-        prompts, responses, refs = (list(x) for x in zip(*PAIRS, strict=True))
-        served = ServedGenRM(f"http://127.0.0.1:{port}", max_tokens=12)
-        local = GenRM(fused / "merged", max_tokens=12, batch_size=1)
-        got, want = served.judge(prompts, responses, refs), local.judge(prompts, responses, refs)
-        assert [g["judgement"] for g in got] == [w["judgement"] for w in want]
-        assert [g["score"] for g in got] == [w["score"] for w in want]
-        assert all(g["judgement"] for g in got)  # the server really generated text
-        assert served(prompts=prompts, completions=responses, answer=refs) == local(
-            prompts=prompts, completions=responses, answer=refs
-        )
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_mlx_lm_server_round_trip(fused, tmp_path):
+    """The fused judge served by mlx-lm's own server scores like the Python interface."""
+    prompts, responses, refs = (list(x) for x in zip(*PAIRS, strict=True))
+    local = GenRM(fused / "merged", max_tokens=12, batch_size=1)
+    with _server(fused, tmp_path) as url:
+        served = ServedGenRM(url, max_tokens=12)
+        got, want = served.judge(prompts, responses, refs), local.judge(prompts, responses, refs)
+        assert served(prompts=prompts, completions=responses, answer=refs) == local(
+            prompts=prompts, completions=responses, answer=refs
+        )
+    assert [g["judgement"] for g in got] == [w["judgement"] for w in want]
+    assert [g["score"] for g in got] == [w["score"] for w in want]
+    assert all(g["judgement"] for g in got)  # the server really generated text
+
+
+def test_soft_verdict_reads_the_verdict_position(fused):
+    import math
+
+    from src.judge import soft_verdict, value_token_ids
+    from src.model_source import load_tokenizer
+    from src.verdicts import FORMATS
+
+    tok = load_tokenizer(str(fused / "merged"))
+    yes_no = FORMATS["yes_no"]
+    values = value_token_ids(tok, yes_no)
+    assert sorted(values.values()) == [0.0, 1.0]
+    yes = next(t for t, v in values.items() if v == 1.0)
+    no = next(t for t, v in values.items() if v == 0.0)
+    tokens = tok.encode(
+        "Critique: fine.\nIs the answer correct (Yes/No)? Yes", add_special_tokens=False
+    )
+    at = len(tokens) - 1 - tokens[::-1].index(yes)  # the verdict, not "(Yes/No)"
+    top = [{t: 0.0} for t in tokens]
+    top[at] = {yes: math.log(0.6), no: math.log(0.2), 7: math.log(0.2)}
+    assert soft_verdict(yes_no, tok, values, tokens, top) == pytest.approx(0.75)  # 0.6 / 0.8
+    top[at] = {yes: math.log(0.9)}  # No outside the reported alternatives: probability 0
+    assert soft_verdict(yes_no, tok, values, tokens, top) == pytest.approx(1.0)
+    assert soft_verdict(yes_no, tok, values, tokens[:at], top) is None  # no verdict written
+    # where digits are split (one token per character here), 1 and 10 share a first token:
+    # no soft score for Score: N/10, and asking for one is refused
+    chars = SimpleNamespace(encode=lambda text, add_special_tokens=False: [ord(c) for c in text])
+    assert value_token_ids(chars, FORMATS["score10"]) is None
+    assert value_token_ids(chars, FORMATS["result5"]) == {ord(str(v)): v for v in range(1, 6)}
+    with pytest.raises(StageError, match="soft scores need each score10 verdict to be one token"):
+        _soft_values(chars, FORMATS["score10"])
+
+
+def test_soft_scores_from_mlx_lm_server_logprobs_equal_the_python_ones(fused, tmp_path):
+    """``logprobs`` through the real server give the soft score the Python interface computes.
+    The tiny judge writes no real verdict, so the format here is a test double that reads the
+    word it does write ("The" = 1) against one it nearly writes ("is" = 0, among the top
+    alternatives at each step); the model, server and arithmetic are real."""
+    import re
+
+    from src.verdicts import VerdictFormat
+
+    the = VerdictFormat("the", re.compile(r"\b(The|is)\b"), 0, 1, 1, {"The": 1.0, "is": 0.0}, "x {}")
+    prompts, responses, refs = (list(x) for x in zip(*PAIRS, strict=True))
+    template = "Task: {prompt}\nResponse: {response}\nVerdict:"
+    local = GenRM(fused / "merged", the, template, max_tokens=6, batch_size=2, soft=True)
+    with _server(fused, tmp_path) as url:
+        served = ServedGenRM(
+            url, the, template, max_tokens=6, soft=True, tokenizer=fused / "merged"
+        )
+        got, want = served.judge(prompts, responses), local.judge(prompts, responses)
+    assert [g["judgement"] for g in got] == [w["judgement"] for w in want]
+    soft = [w["soft_score"] for w in want]
+    assert all(s is not None and 0 < s < 1 for s in soft), want  # both words weighed
+    assert [g["soft_score"] for g in got] == pytest.approx(soft, abs=1e-4)
