@@ -7,8 +7,9 @@ optional in both. Output: JSONL, one line per input line in the same order:
 ``{"line", "score", "raw", "judgement"}`` with ``score`` in [0, 1] (null when the judgement has
 no verdict) and ``raw`` on the verdict format's own scale; ``--soft`` adds ``soft_score`` (the
 probability-weighted verdict where the judge wrote it, e.g. P(Yes); formats whose verdicts are
-one token each), ``--direct`` scores without a critique (``judgement`` null). A bad row stops the command with
-``file:line: what. Fix: how`` and nothing written. See ``src/genrm.py`` for the Python interface.
+one token each), ``--direct`` scores without a critique (``judgement`` null). A bad row stops
+the command with ``file:line: what. Fix: how`` and nothing written. The Python interface:
+``src/genrm.py``.
 
     uv run python -m src.score --model checkpoints/sft_merged_model \\
         --input candidates.jsonl --output scores.jsonl [--direct]

@@ -291,7 +291,8 @@ def test_soft_scores_from_mlx_lm_server_logprobs_equal_the_python_ones(fused, tm
 
     from src.verdicts import VerdictFormat
 
-    the = VerdictFormat("the", re.compile(r"\b(The|is)\b"), 0, 1, 1, {"The": 1.0, "is": 0.0}, "x {}")
+    words = {"The": 1.0, "is": 0.0}
+    the = VerdictFormat("the", re.compile(r"\b(The|is)\b"), 0, 1, 1, words, "x {}")
     prompts, responses, refs = (list(x) for x in zip(*PAIRS, strict=True))
     template = "Task: {prompt}\nResponse: {response}\nVerdict:"
     local = GenRM(fused / "merged", the, template, max_tokens=6, batch_size=2, soft=True)
