@@ -154,7 +154,8 @@ def swapped_prompts(numbered: list[tuple[int, dict]], path: Path) -> list[list[d
 
 
 def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tuple:
-    """Greedy judgements and direct scores of each conversation (without the judgement)."""
+    """Greedy judgements and direct scores of each conversation (without the judgement), and
+    the seconds spent generating."""
     from mlx_lm.generate import batch_generate
 
     prompt_ids = [
@@ -164,12 +165,13 @@ def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tu
         )
         for c in conversations
     ]
-    texts = []
+    texts, t0 = [], time.perf_counter()
     for start in range(0, len(prompt_ids), cfg.batch_size):
         batch = prompt_ids[start : start + cfg.batch_size]
         texts += batch_generate(model, tokenizer, batch, max_tokens=cfg.max_tokens).texts
+    seconds = time.perf_counter() - t0
     direct = direct_scores(model, tokenizer, prompt_ids, fmt) if fmt.template else None
-    return texts, direct
+    return texts, direct, seconds
 
 
 def judge(
@@ -181,11 +183,13 @@ def judge(
     swapped: list[list[dict]] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Metrics of one model on ``rows`` and its judgement of each row."""
-    t0 = time.perf_counter()
-    texts, direct = _generate(model, tokenizer, [r["messages"][:-1] for r in rows], fmt, cfg)
+    texts, direct, seconds = _generate(
+        model, tokenizer, [r["messages"][:-1] for r in rows], fmt, cfg
+    )
+    texts_sw = direct_sw = None
     if swapped is not None:
-        texts_sw, direct_sw = _generate(model, tokenizer, swapped, fmt, cfg)
-    seconds = time.perf_counter() - t0
+        texts_sw, direct_sw, more = _generate(model, tokenizer, swapped, fmt, cfg)
+        seconds += more
     scores = [fmt.parse(t) for t in texts]
     refs = [fmt.parse(r["messages"][-1]["content"]) for r in rows]
     meta = [r.get("metadata") if isinstance(r.get("metadata"), dict) else {} for r in rows]
@@ -207,14 +211,7 @@ def judge(
             if direct is not None:
                 rec["direct_score_swapped"] = round(direct_sw[i], 4)
     if fmt.name == "pairwise":
-        metrics = _pairwise_metrics(
-            scores, refs, direct, *((texts_sw, direct_sw) if swapped is not None else (None, None))
-        )
-        metrics["parse_rate"] = _rate(
-            sum(s is not None for s in scores)
-            + sum(r["score_swapped"] is not None for r in records if "score_swapped" in r),
-            len(rows) * (2 if swapped is not None else 1),
-        )
+        metrics = _pairwise_metrics(scores, refs, direct, texts_sw, direct_sw)
     else:
         metrics = _pointwise_metrics(fmt, scores, refs, direct, meta)
     metrics["generation_seconds"] = round(seconds, 2)
@@ -287,9 +284,11 @@ def _pairwise_metrics(scores, refs, direct, texts_sw, direct_sw) -> dict:
     fmt = FORMATS["pairwise"]
     keep = [i for i, r in enumerate(refs) if r is not None and r != 0.5]  # tie references: no truth
     given = [_credit(scores[i], refs[i]) for i in keep]
+    judged = scores + ([fmt.parse(t) for t in texts_sw] if texts_sw is not None else [])
     metrics = {
         "n_eval": len(scores),
         "n_parsed": sum(s is not None for s in scores),
+        "parse_rate": _rate(sum(s is not None for s in judged), len(judged)),
         "n_pairs": len(keep),
         "pairwise_accuracy_given_order": _rate(sum(given), len(keep)),
     }
