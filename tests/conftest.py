@@ -139,3 +139,17 @@ def fused(tmp_path_factory, tiny_model) -> Path:
         == 0
     )
     return root
+
+
+def fake_generation(monkeypatch, answer) -> None:
+    """Replace mlx-lm's ``batch_generate`` by ``answer(prompt_text) -> judgement`` (direct scores
+    still come from the real model)."""
+    import importlib
+    from types import SimpleNamespace
+
+    gen = importlib.import_module("mlx_lm.generate")  # the module, not the function
+
+    def fake(model, tokenizer, prompts, max_tokens):
+        return SimpleNamespace(texts=[answer(tokenizer.decode(p)) for p in prompts])
+
+    monkeypatch.setattr(gen, "batch_generate", fake)

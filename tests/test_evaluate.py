@@ -6,7 +6,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import flags, read_jsonl, write_jsonl
+from conftest import fake_generation, flags, read_jsonl, write_jsonl
 
 from src.evaluate_genrm import main as evaluate
 from src.genrm_sample import generate_rows
@@ -161,19 +161,6 @@ def test_non_chat_rows_are_refused(tmp_path, capsys, fused):
     assert "evaluated on chat rows" in capsys.readouterr().err
 
 
-def _fake_judge(monkeypatch, answer):
-    """Replace generation by ``answer(prompt_text) -> judgement`` (the direct scores still come
-    from the real model)."""
-    import importlib
-
-    gen = importlib.import_module("mlx_lm.generate")  # the module, not the function
-
-    def fake(model, tokenizer, prompts, max_tokens):
-        return SimpleNamespace(texts=[answer(tokenizer.decode(p)) for p in prompts])
-
-    monkeypatch.setattr(gen, "batch_generate", fake)
-
-
 @pytest.mark.parametrize("verdict", ["yes_no", "result5", "rating10"])
 def test_other_pointwise_formats_are_detected_and_scored(tmp_path, fused, monkeypatch, verdict):
     """Rows in another verdict format are read in that format: a judge that copies the
@@ -188,7 +175,7 @@ def test_other_pointwise_formats_are_detected_and_scored(tmp_path, fused, monkey
         "copy": lambda p: next(references),
         "lowest": lambda p: "Critique: no.\n" + low_text,
     }.items():
-        _fake_judge(monkeypatch, answer)
+        fake_generation(monkeypatch, answer)
         out = tmp_path / f"{name}.json"
         judgements = tmp_path / f"{name}.jsonl"
         assert evaluate(_eval_args(fused, data=data, metrics=out, judgements_out=judgements)) == 0
@@ -225,7 +212,7 @@ def test_pairwise_rows_are_judged_in_both_orders(tmp_path, fused, monkeypatch):
         "always_a": lambda p: "[[A]]",
         "unparsed": lambda p: "A is better",
     }.items():
-        _fake_judge(monkeypatch, answer)
+        fake_generation(monkeypatch, answer)
         out = tmp_path / f"{name}.json"
         assert evaluate(_eval_args(fused, data=data, metrics=out)) == 0
         results[name] = json.loads(out.read_text())
@@ -301,7 +288,7 @@ def test_a_regex_verdict_format(tmp_path, fused, monkeypatch):
             r["messages"][-1]["content"].split("Score:")[0] + f"Grade: {round(s / 2)} of 5"
         )
     data = write_jsonl(tmp_path / "v.jsonl", rows)
-    _fake_judge(monkeypatch, lambda p: "Grade: 5 of 5")
+    fake_generation(monkeypatch, lambda p: "Grade: 5 of 5")
     out = tmp_path / "eval.json"
     args = _eval_args(
         fused,

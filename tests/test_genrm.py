@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
-from conftest import flags, read_jsonl, write_jsonl
+from conftest import fake_generation, flags, read_jsonl, write_jsonl
 
 from src.genrm import GenRM, ServedGenRM, _soft_values
 from src.genrm_sample import judge_prompt
@@ -35,28 +35,17 @@ def judge(fused):
     return GenRM(fused / "merged", max_tokens=12, batch_size=2)
 
 
-def _fake_generation(monkeypatch, texts):
-    import importlib
-
-    gen = importlib.import_module("mlx_lm.generate")  # the module, not the function
-    queue = list(texts)
-
-    def fake(model, tokenizer, prompts, max_tokens):
-        return SimpleNamespace(texts=[queue.pop(0) for _ in prompts])
-
-    monkeypatch.setattr(gen, "batch_generate", fake)
-
-
 def test_scores_are_the_verdicts_on_a_unit_scale(judge, monkeypatch):
     prompts, responses, _ = zip(*PAIRS, strict=True)
-    _fake_generation(
-        monkeypatch,
-        ["Critique: ok.\nScore: 8/10", "Score: 0/10", "Score: 10/10", "no verdict", "Score: 11/10"],
+    texts = iter(
+        ["Critique: ok.\nScore: 8/10", "Score: 0/10", "Score: 10/10", "no verdict", "Score: 11/10"]
     )
+    fake_generation(monkeypatch, lambda prompt: next(texts))
     records = judge.judge(list(prompts), list(responses))
     assert [r["raw"] for r in records] == [8.0, 0.0, 10.0, None, None]
     assert [r["score"] for r in records] == [0.8, 0.0, 1.0, None, None]
-    _fake_generation(monkeypatch, ["Score: 8/10", "Score: 0/10", "Score: 10/10", "x", "y"])
+    texts = iter(["Score: 8/10", "Score: 0/10", "Score: 10/10", "x", "y"])
+    fake_generation(monkeypatch, lambda prompt: next(texts))
     assert judge(list(prompts), list(responses)) == [0.8, 0.0, 1.0, 0.0, 0.0]  # unparsed: 0.0
 
 
