@@ -1,14 +1,28 @@
-"""Pieces the train stage hands to mlx-lm's ``trainer.train`` where mlx-lm's own are wrong or
-missing. Each says why.
+"""The train stage's loop and the pieces it is made of, each replacing an mlx-lm piece that is
+wrong or missing for us (each says why).
+
+The loop is ours (``train_loop``): it replaced mlx-lm's ``trainer.train`` once its loss, batch
+iterator, evaluation, checkpoints and UI had all been replaced, and patching ``train`` to keep
+calling it made exact resume depend on its report interval. It keeps mlx-lm's contract: a compiled
+step with gradient accumulation over ``loss(model, *batch)`` and ``iterate_batches(dataset,
+batch_size, max_seq_length, loop, comm_group)``, so mlx-lm's own loss and iterator still plug in.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+
+from .runtime import StageError, atomic_path, is_rank0
 
 
 @mx.custom_function
@@ -43,7 +57,8 @@ def _token_cross_entropy_vjp(primals, cotangents, outputs):
 
 
 def checked_head(model):
-    """Let ``masked_loss`` compute logits only where a token is trained, if this model allows it.
+    """The LM head, for ``masked_loss`` to compute logits only where a token is trained, if this
+    model allows it.
 
     mlx-lm computes the LM head and the softmax at every position. With ``mask_prompt`` most
     positions are prompt (about 70% of a GenRM row), and with Gemma's 256k vocabulary the head
@@ -74,13 +89,6 @@ def checked_head(model):
     return head
 
 
-def enable_trained_positions_head(model) -> bool:
-    """``checked_head``, kept on the model for ``masked_loss``; returns whether it is enabled."""
-    head = checked_head(model)
-    object.__setattr__(model, "_trained_positions_head", head)  # not a parameter
-    return head is not None
-
-
 def trained_positions(offsets_lengths: np.ndarray, width: int, bucket: int = 32) -> np.ndarray:
     """Flat indices into the ``(rows, width)`` targets that ``masked_loss`` trains, padded with
     0 to a multiple of ``bucket`` (few distinct shapes, so few recompiles of the step)."""
@@ -92,23 +100,23 @@ def trained_positions(offsets_lengths: np.ndarray, width: int, bucket: int = 32)
     return padded
 
 
-def masked_loss(model, batch, lengths, positions=None):
+def masked_loss(model, batch, lengths, positions=None, head=None):
     """Mean cross-entropy over the trained tokens of each row.
 
     ``lengths[:, 0]`` is where the trained part starts (the prompt length with mask_prompt) and
     ``lengths[:, 1]`` the row's length. Target position ``s`` (predicting token ``s``) is trained
     when ``offset <= s < length``. mlx-lm 0.32.2's ``default_loss`` uses ``s <= length``, which
     also trains every row to predict padding token 0 after its last token (its PR 1697 was
-    closed unmerged), so this replaces it. ``positions`` (from ``BatchIterator(positions=True)``)
-    lets it compute logits at the trained positions only, once the model allows it.
+    closed unmerged), so this replaces it. With ``head`` (``checked_head(model)``) and
+    ``positions`` (from ``BatchIterator(positions=True)``) it computes logits at the trained
+    positions only.
     """
     inputs, targets = batch[:, :-1], batch[:, 1:]
     steps = mx.arange(1, targets.shape[1] + 1)
     mask = mx.logical_and(steps >= lengths[:, 0:1], steps < lengths[:, 1:])
     ntoks = mask.sum()
-    head = getattr(model, "_trained_positions_head", None)
     if positions is not None and head is not None:
-        # Only the trained positions (see enable_trained_positions_head); ``positions`` comes
+        # Only the trained positions (see checked_head); ``positions`` comes
         # from the batch iterator, padded, and the padding carries no loss.
         hidden = model.model(inputs)
         logits = head(hidden.reshape(-1, hidden.shape[-1])[positions])
@@ -123,7 +131,7 @@ def masked_loss(model, batch, lengths, positions=None):
     return ce.astype(mx.float32).sum() / mx.maximum(ntoks, 1), ntoks
 
 
-def global_masked_loss(model, batch, lengths, positions=None):
+def global_masked_loss(model, batch, lengths, positions=None, head=None):
     """``masked_loss`` whose gradient, once mlx-lm averages it over ranks, is the token-weighted
     mean over the *global* batch, as in a single process.
 
@@ -132,7 +140,7 @@ def global_masked_loss(model, batch, lengths, positions=None):
     each rank's loss by ``world * local_tokens / global_tokens`` makes the averaged gradient (and
     the reported loss) exactly the single-process one. Without distribution it is ``masked_loss``.
     """
-    loss, ntoks = masked_loss(model, batch, lengths, positions)
+    loss, ntoks = masked_loss(model, batch, lengths, positions, head)
     group = mx.distributed.init()
     if group.size() == 1:
         return loss, ntoks
@@ -208,19 +216,261 @@ def _tokens(item):
     return item[0] if isinstance(item, tuple) else item
 
 
-def evaluate_full(model, dataset, batch_size: int, max_seq_length: int) -> float:
+def evaluate_full(model, dataset, batch_size: int, max_seq_length: int, head=None) -> float:
     """Token-weighted mean loss over the whole dataset (mlx-lm's ``evaluate``, every batch)."""
     from mlx_lm.tuner.trainer import evaluate
 
-    it = BatchIterator(
-        seed=0, positions=getattr(model, "_trained_positions_head", None) is not None
-    )
     return evaluate(
         model,
         dataset,
         batch_size=batch_size,
         num_batches=-1,
         max_seq_length=max_seq_length,
-        loss=masked_loss,
-        iterate_batches=it,
+        loss=partial(masked_loss, head=head),
+        iterate_batches=BatchIterator(seed=0, positions=head is not None),
     )
+
+
+def checkpoint_layers(model) -> None:
+    """Recompute each transformer layer's activations in the backward pass instead of keeping
+    them. mlx-lm's ``grad_checkpoint`` does this by rewriting ``__call__`` on the layer *class*,
+    for every model in the process, for good; here each of this model's layers gets its own
+    subclass, so nothing outside this model changes. The computation is mlx-lm's."""
+    for layer in model.layers:
+        cls = type(layer)
+
+        def call(self, *args, _call=cls.__call__, **kwargs):
+            def inner(params, *args, **kwargs):
+                self.update(params)
+                return _call(self, *args, **kwargs)
+
+            return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+        layer.__class__ = type(cls.__name__, (cls,), {"__call__": call})
+
+
+def rng_seed(seed: int, iteration: int) -> int:
+    """The RNG seed from ``iteration`` on (reseeded at each optimizer update).
+
+    MLX cannot set its global RNG key from a saved value (``mx.random.state`` is read-only), so
+    dropout randomness is made a pure function of (seed, iteration) instead: a resumed run draws
+    exactly what the uninterrupted run drew.
+    """
+    return (seed * 1_000_003 + iteration) % 2**31
+
+
+@dataclass
+class LoopSettings:
+    iters: int
+    batch_size: int
+    grad_accum: int
+    max_seq_length: int
+    seed: int
+    grad_checkpoint: bool
+    steps_per_report: int
+    steps_per_eval: int
+    steps_per_save: int
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides weights and optimizer state; saved in each
+    checkpoint. The report window (losses since the last report) is here too, so a run resumed
+    between two reports reports what the uninterrupted run reported, at any report interval."""
+
+    iteration: int = 0
+    best_ppl: float = math.inf
+    best_iter: int = 0
+    trained_tokens: int = 0
+    train_seconds: float = 0.0
+    last_valid_loss: float | None = None
+    window_loss: float = 0.0
+    window_steps: int = 0
+    window_tokens: int = 0
+    window_seconds: float = 0.0
+    train_curve: list[dict] = field(default_factory=list)
+    valid_curve: list[dict] = field(default_factory=list)
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite; ``args[0]`` is the iteration."""
+
+
+class Checkpoints:
+    """Full training state every ``steps_per_save`` iterations, newest two kept, written
+    atomically: adapter weights, optimizer state (moments, step, learning rate) and the
+    ``TrainState``. The RNG needs no file: it is reseeded at every optimizer update from
+    ``(seed, iteration)`` (see ``rng_seed``), and the data position follows from the iteration.
+    The best-validation adapter is kept in ``best/``."""
+
+    def __init__(self, root: Path, fingerprint: str):
+        self.root, self.fingerprint = Path(root), fingerprint
+
+    def newest(self) -> Path | None:
+        done = sorted(p for p in self.root.glob("iter_*") if (p / "state.json").is_file())
+        return done[-1] if done else None
+
+    def save(self, model, optimizer, state: TrainState) -> Path:
+        from mlx.utils import tree_flatten
+
+        name = f"iter_{state.iteration:07d}"
+        with atomic_path(self.root / name, is_dir=True) as tmp:
+            _save_adapter(model, tmp)
+            mx.save_safetensors(
+                str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
+            )
+            meta = {**asdict(state), "fingerprint": self.fingerprint}
+            (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        for old in sorted(self.root.glob("iter_*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.root / name
+
+    def save_best(self, model) -> None:
+        with atomic_path(self.root / "best", is_dir=True) as tmp:
+            _save_adapter(model, tmp)
+
+    def restore(self, model, optimizer) -> TrainState:
+        from mlx.utils import tree_flatten, tree_map_with_path
+
+        ckpt = self.newest()
+        if ckpt is None:
+            raise StageError(f"--resume: no checkpoint in {self.root}. Fix: run without --resume.")
+        meta = json.loads((ckpt / "state.json").read_text())
+        if meta.get("fingerprint") != self.fingerprint:
+            raise StageError(
+                f"--resume: {ckpt} was written with other settings or data "
+                "(fingerprint mismatch). Fix: resume with the same params, or run "
+                "without --resume to start over."
+            )
+        model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
+        saved = mx.load(str(ckpt / "optimizer.safetensors"))
+        optimizer.init(model.trainable_parameters())
+        if set(saved) != {k for k, _ in tree_flatten(optimizer.state)}:
+            raise StageError(f"--resume: optimizer state in {ckpt} does not match the model.")
+        optimizer.state = tree_map_with_path(lambda path, _: saved[path], optimizer.state)
+        return TrainState(**{f.name: meta[f.name] for f in fields(TrainState) if f.name in meta})
+
+
+def _save_adapter(model, folder: Path) -> None:
+    from mlx.utils import tree_flatten
+
+    mx.save_safetensors(
+        str(folder / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+    )
+
+
+class Report:
+    """Where the loop's numbers go (the console, curves, DVCLive). It only reports: the loop
+    itself validates, saves and reseeds, at its own cadence."""
+
+    def step(self, iteration: int, loss: float, tokens_per_sec: float) -> None: ...
+
+    def train(self, row: dict) -> None: ...
+
+    def valid(self, row: dict) -> None: ...
+
+    def saved(self, state: TrainState) -> None: ...
+
+
+def train_loop(
+    model,
+    optimizer,
+    train_set,
+    valid_set,
+    s: LoopSettings,
+    state: TrainState,
+    checkpoints: Checkpoints,
+    report: Report,
+    head=None,
+) -> TrainState:
+    """Train from ``state.iteration`` to ``s.iters``: mlx-lm's compiled step with gradient
+    accumulation, and at their own cadence the report, the validation over the whole set (with
+    the best adapter kept), and the checkpoint. Raises ``NonFiniteLoss`` at the first iteration
+    whose loss is NaN or infinite, before it reaches the weights of a checkpoint. ``head``
+    (``checked_head(model)``, or None) computes logits at the trained positions only."""
+    from mlx.nn.utils import average_gradients
+    from mlx.utils import tree_map
+    from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+    maybe_set_recommended_wired_limit()
+    world, rank0 = mx.distributed.init(), is_rank0()
+    loss_value_and_grad = nn.value_and_grad(model, partial(global_masked_loss, head=head))
+    if s.grad_checkpoint:
+        checkpoint_layers(model)
+    compiled = [model.state, optimizer.state, mx.random.state]
+
+    @partial(mx.compile, inputs=compiled, outputs=compiled)
+    def step(batch, prev_grad, do_update):  # mlx-lm's trainer step, unchanged
+        (lvalue, toks), grad = loss_value_and_grad(model, *batch)
+        if prev_grad is not None:
+            grad = tree_map(lambda x, y: x + y, grad, prev_grad)
+        if do_update:
+            grad = average_gradients(grad)
+            if s.grad_accum > 1:
+                grad = tree_map(lambda x: x / s.grad_accum, grad)
+            optimizer.update(model, grad)
+            grad = None
+        return lvalue, toks, grad
+
+    def validate(it: int) -> None:
+        loss = evaluate_full(model, valid_set, s.batch_size, s.max_seq_length, head)
+        model.train()
+        ppl = math.exp(min(loss, 50.0))
+        row = {"iteration": it, "update": it // s.grad_accum}
+        row |= {"valid_loss": round(loss, 6), "valid_ppl": round(ppl, 6)}
+        state.valid_curve.append(row)
+        state.last_valid_loss = loss
+        report.valid(row)
+        if ppl < state.best_ppl:
+            state.best_ppl, state.best_iter = ppl, it
+            if rank0:
+                checkpoints.save_best(model)
+
+    if state.iteration == 0:
+        validate(0)
+    batches = BatchIterator(s.seed, state.iteration, positions=head is not None)(
+        train_set, s.batch_size, s.max_seq_length, loop=True, comm_group=world
+    )
+    mx.random.seed(rng_seed(s.seed, state.iteration))
+    model.train()
+    grad = None
+    for it in range(state.iteration + 1, s.iters + 1):
+        batch = next(batches)
+        tic = time.perf_counter()
+        lvalue, toks, grad = step(batch, grad, it % s.grad_accum == 0)
+        mx.eval(compiled, lvalue, toks, grad)
+        if mx.get_cache_memory() > 0:  # as mlx-lm's trainer (clear_cache_threshold 0)
+            mx.clear_cache()
+        seconds = time.perf_counter() - tic
+        loss = mx.distributed.all_sum(lvalue, stream=mx.cpu).item() / world.size()
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(it)
+        tokens = int(mx.distributed.all_sum(toks, stream=mx.cpu).item())
+        state.iteration = it
+        state.trained_tokens += tokens
+        state.train_seconds += seconds
+        state.window_loss += loss
+        state.window_steps += 1
+        state.window_tokens += tokens
+        state.window_seconds += seconds
+        report.step(it, loss, tokens / seconds)
+        if it % s.grad_accum == 0:  # dropout draws are a function of the iteration
+            mx.random.seed(rng_seed(s.seed, it))
+        if it % s.steps_per_report == 0 or it == s.iters:
+            row = {
+                "iteration": it,
+                "update": it // s.grad_accum,
+                "train_loss": round(state.window_loss / state.window_steps, 6),
+                "learning_rate": float(f"{optimizer.learning_rate.item():.6g}"),
+                "tokens_per_sec": round(state.window_tokens / state.window_seconds, 1),
+            }
+            state.train_curve.append(row)
+            report.train(row)
+            state.window_loss, state.window_steps = 0.0, 0
+            state.window_tokens, state.window_seconds = 0, 0.0
+        if it % s.steps_per_eval == 0 or it == s.iters:
+            validate(it)
+        if rank0 and (it % s.steps_per_save == 0 or it == s.iters):
+            checkpoints.save(model, optimizer, state)
+            report.saved(state)
+    return state

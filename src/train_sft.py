@@ -1,20 +1,20 @@
-"""train stage: QLoRA SFT of the base model into a GenRM judge, on mlx-lm's trainer.
+"""train stage: QLoRA SFT of the base model into a GenRM judge, with mlx-lm's pieces.
 
 Recipe steps 2-3. Reads the split stage's ``sft_train.jsonl`` / ``sft_valid.jsonl`` and the base
 model; writes ``checkpoints/sft_adapter/`` (``adapters.safetensors``, ``adapter_config.json``,
 ``run_info.json``, ``best/``), resumable checkpoints in ``--state-dir``, ``metrics/train.json``
 and the curves ``metrics/curves/{train,valid}.csv``.
 
-Built on mlx-lm: ``load``, ``quantize_model``, ``linear_to_lora_layers``, ``TrainingArgs``,
-``trainer.train``, ``evaluate``, ``CacheDataset``, ``TrainingCallback``. Replaced where mlx-lm is
-wrong or lacks what we need (see ``src/sft_loop.py``): the loss (mlx-lm trains one padding token
-past each row), the batch iterator (resumable, whole validation set), and checkpoints (mlx-lm
-saves adapter weights only; ours hold optimizer, iteration, RNG and data position too).
+Built on mlx-lm: ``load``, ``quantize_model``, ``linear_to_lora_layers``, ``evaluate``,
+``CacheDataset`` and its compiled training step. The loop is ours (``src/sft_loop.py``), with
+what mlx-lm gets wrong or lacks for us replaced there, each saying why: the loss (mlx-lm trains one
+padding token past each row), the batch iterator (resumable, whole validation set), checkpoints
+(mlx-lm saves adapter weights only; ours hold optimizer, iteration, RNG and data position too).
 
 Iterations: ``--iters`` counts micro-batches (mlx-lm's meaning); an optimizer update happens every
 ``--grad-accum`` iterations; ``--warmup-steps`` and the LR schedule count optimizer updates.
 
-Params: ``model.path``, ``lora.*``, ``train.*``.
+Params: ``qlora.*``, ``lora.*``, ``train.*``.
 
     uv run python -m src.train_sft \\
         --model google/gemma-2b-it \\
@@ -36,7 +36,6 @@ import platform
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -52,6 +51,15 @@ from .runtime import (
     write_json,
 )
 from .sft_data import make_dataset, read_jsonl, validate_rows
+from .sft_loop import (
+    Checkpoints,
+    LoopSettings,
+    NonFiniteLoss,
+    Report,
+    TrainState,
+    checked_head,
+    train_loop,
+)
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
 SCHEDULES = ("constant", "cosine")
@@ -160,20 +168,6 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def rng_seed(seed: int, iteration: int) -> int:
-    """The RNG seed from ``iteration`` on (reseeded at each optimizer update).
-
-    MLX cannot set its global RNG key from a saved value (``mx.random.state`` is read-only), so
-    dropout randomness is made a pure function of (seed, iteration) instead: a resumed run draws
-    exactly what the uninterrupted run drew.
-    """
-    return (seed * 1_000_003 + iteration) % 2**31
-
-
-class NonFiniteLoss(Exception):
-    pass
-
-
 def build_schedule(cfg: TrainConfig):
     """LR per optimizer update: linear warmup from 0, then constant or cosine to min_lr."""
     import mlx.optimizers as optim
@@ -226,51 +220,6 @@ def _load_split(path: Path, tokenizer, cfg: TrainConfig, name: str):
     return make_dataset(rows, tokenizer, cfg.mask_prompt), rows
 
 
-class _SilentUI:
-    """Stands in for mlx-lm's TrainUI: our callback reports on its own cadence instead."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def advance(self, *a):
-        pass
-
-    def report_train(self, *a):
-        pass
-
-    def report_val(self, *a):
-        pass
-
-    def report_save(self, *a):
-        pass
-
-    @contextmanager
-    def val_task(self, total):
-        yield lambda: None
-
-
-@contextmanager
-def _mlx_trainer_patched(model):
-    """Silence mlx-lm's per-report console UI, and undo its class-wide grad-checkpoint patch
-    (``grad_checkpoint`` rewrites ``type(layer).__call__``, which would stack on a second run)."""
-    from mlx_lm.tuner import trainer
-
-    ui, layer_cls = trainer.TrainUI, type(model.layers[0])
-    call = layer_cls.__call__
-    trainer.TrainUI = _SilentUI
-    try:
-        yield
-    finally:
-        trainer.TrainUI = ui
-        layer_cls.__call__ = call
-
-
 def _version(package: str) -> str | None:
     """Installed version, or None: the stages also run where DVC is not installed (a CUDA box,
     the other hosts of an ``mlx.launch`` run)."""
@@ -320,60 +269,6 @@ def _adapter_config(cfg: TrainConfig, base: dict) -> dict:
     }
 
 
-class Checkpoints:
-    """Full training state every ``steps_per_save`` iterations, newest two kept, written
-    atomically: adapter weights, optimizer state (moments, step, learning rate), iteration and
-    curves so far. The RNG needs no file: it is reseeded at every optimizer update from
-    ``(seed, iteration)`` (see ``rng_seed``), and the data position follows from the iteration."""
-
-    def __init__(self, root: Path, fingerprint: str):
-        self.root, self.fingerprint = Path(root), fingerprint
-
-    def newest(self) -> Path | None:
-        done = sorted(p for p in self.root.glob("iter_*") if (p / "state.json").is_file())
-        return done[-1] if done else None
-
-    def save(self, it: int, model, optimizer, meta: dict) -> Path:
-        import mlx.core as mx
-        from mlx.utils import tree_flatten
-
-        with atomic_path(self.root / f"iter_{it:07d}", is_dir=True) as tmp:
-            mx.save_safetensors(
-                str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
-            )
-            mx.save_safetensors(
-                str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
-            )
-            (tmp / "state.json").write_text(
-                json.dumps({**meta, "iteration": it, "fingerprint": self.fingerprint}, indent=1)
-            )
-        for old in sorted(self.root.glob("iter_*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.root / f"iter_{it:07d}"
-
-    def restore(self, model, optimizer) -> dict:
-        import mlx.core as mx
-        from mlx.utils import tree_flatten, tree_map_with_path
-
-        ckpt = self.newest()
-        if ckpt is None:
-            raise StageError(f"--resume: no checkpoint in {self.root}. Fix: run without --resume.")
-        meta = json.loads((ckpt / "state.json").read_text())
-        if meta["fingerprint"] != self.fingerprint:
-            raise StageError(
-                f"--resume: {ckpt} was written with other settings or data "
-                "(fingerprint mismatch). Fix: resume with the same params, or run "
-                "without --resume to start over."
-            )
-        model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
-        saved = mx.load(str(ckpt / "optimizer.safetensors"))
-        optimizer.init(model.trainable_parameters())
-        if set(saved) != {k for k, _ in tree_flatten(optimizer.state)}:
-            raise StageError(f"--resume: optimizer state in {ckpt} does not match the model.")
-        optimizer.state = tree_map_with_path(lambda path, _: saved[path], optimizer.state)
-        return meta
-
-
 class Progress:
     """A live status line on a terminal; plain lines otherwise. Rank 0 only."""
 
@@ -398,33 +293,51 @@ class Progress:
         print(text, flush=True)
 
 
-def _write_curves(root: Path, train_rows: list[dict], valid_rows: list[dict]) -> None:
-    for name, rows in (("train", train_rows), ("valid", valid_rows)):
-        if not rows:
-            continue
-        with atomic_path(root / f"{name}.csv") as tmp, tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+class ConsoleReport(Report):
+    """The training log, and the curves ``dvc plots`` draws (rewritten at each report)."""
+
+    def __init__(self, progress: Progress, curves_dir: Path, state: TrainState):
+        self.progress, self.curves_dir, self.state = progress, Path(curves_dir), state
+
+    def step(self, iteration: int, loss: float, tokens_per_sec: float) -> None:
+        self.progress.step(iteration, loss, tokens_per_sec)
+
+    def train(self, row: dict) -> None:
+        self.progress.line(
+            f"  iter {row['iteration']:>6}  update {row['update']:>5}  train_loss "
+            f"{row['train_loss']:.4f}  lr {row['learning_rate']:.2e}  "
+            f"{row['tokens_per_sec']:,.0f} tok/s"
+        )
+        self.write_curves()
+
+    def valid(self, row: dict) -> None:
+        self.progress.line(
+            f"  iter {row['iteration']:>6}  valid_loss {row['valid_loss']:.4f}  "
+            f"valid_ppl {row['valid_ppl']:.3f}"
+        )
+
+    def write_curves(self) -> None:
+        if not is_rank0():
+            return
+        for name, rows in (("train", self.state.train_curve), ("valid", self.state.valid_curve)):
+            if not rows:
+                continue
+            with (
+                atomic_path(self.curves_dir / f"{name}.csv") as tmp,
+                tmp.open("w", newline="") as f,
+            ):
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
 
 
 def run(cfg: TrainConfig) -> dict:
     import mlx.core as mx
     import numpy as np
     from mlx.utils import tree_flatten
-    from mlx_lm.tuner.callbacks import TrainingCallback
-    from mlx_lm.tuner.trainer import TrainingArgs, train
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from .sft_loop import (
-        BatchIterator,
-        enable_trained_positions_head,
-        evaluate_full,
-        global_masked_loss,
-    )
-
     wall0 = time.perf_counter()
-    rank0 = is_rank0()
     warn_if_slow_blas()
     mx.random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -432,137 +345,28 @@ def run(cfg: TrainConfig) -> dict:
     train_set, train_rows = _load_split(cfg.train_data, tokenizer, cfg, "train")
     valid_set, valid_rows = _load_split(cfg.valid_data, tokenizer, cfg, "validation")
     model.freeze()
-    linear_to_lora_layers(
-        model, cfg.lora_layers, {"rank": cfg.rank, "scale": cfg.scale, "dropout": cfg.dropout}
-    )
+    lora = {"rank": cfg.rank, "scale": cfg.scale, "dropout": cfg.dropout}
+    linear_to_lora_layers(model, cfg.lora_layers, lora)
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    sparse_head = enable_trained_positions_head(model)
+    head = checked_head(model)  # logits at trained positions only, where the model allows it
     optimizer = build_optimizer(cfg)
 
     data_hash = hashlib.sha256(cfg.train_data.read_bytes() + cfg.valid_data.read_bytes())
     ckpts = Checkpoints(cfg.state_dir, f"{cfg.fingerprint()}-{data_hash.hexdigest()[:16]}")
     progress = Progress(cfg.iters)
-    eval_bs = cfg.batch_size
-
-    state = {
-        "start": 0,
-        "train_curve": [],
-        "valid_curve": [],
-        "best_ppl": math.inf,
-        "best_iter": 0,
-        "trained_tokens": 0,
-        "train_seconds": 0.0,
-    }
     if cfg.resume:
-        state.update(ckpts.restore(model, optimizer))
-        state["start"] = state.pop("iteration")
-        progress.line(f"resumed from iteration {state['start']} ({ckpts.newest()})")
-    elif rank0 and cfg.state_dir.exists():
-        shutil.rmtree(cfg.state_dir)
-    start = state["start"]
-    best_dir = cfg.state_dir / "best"
-
-    def validate(it: int) -> float:
-        loss = evaluate_full(model, valid_set, eval_bs, cfg.max_seq_length)
-        model.train()
-        ppl = math.exp(min(loss, 50.0))
-        state["valid_curve"].append(
-            {
-                "iteration": it,
-                "update": it // cfg.grad_accum,
-                "valid_loss": round(loss, 6),
-                "valid_ppl": round(ppl, 6),
-            }
-        )
-        progress.line(f"  iter {it:>6}  valid_loss {loss:.4f}  valid_ppl {ppl:.3f}")
-        if ppl < state["best_ppl"]:
-            state["best_ppl"], state["best_iter"] = ppl, it
-            if rank0:
-                with atomic_path(best_dir, is_dir=True) as tmp:
-                    mx.save_safetensors(
-                        str(tmp / "adapters.safetensors"),
-                        dict(tree_flatten(model.trainable_parameters())),
-                    )
-        return loss
-
-    if start == 0:
-        validate(0)
-
-    window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
-    prev_tokens = [0]
-
-    class Reporter(TrainingCallback):
-        def on_train_loss_report(self, info: dict) -> None:
-            it = start + info["iteration"]
-            loss = info["train_loss"]
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(it)
-            tokens = info["trained_tokens"] - prev_tokens[0]
-            prev_tokens[0] = info["trained_tokens"]
-            seconds = 1.0 / info["iterations_per_second"]
-            window["loss"] += loss
-            window["steps"] += 1
-            window["tokens"] += tokens
-            window["seconds"] += seconds
-            state["trained_tokens"] += tokens
-            state["train_seconds"] += seconds
-            progress.step(it, loss, tokens / seconds)
-            if it % cfg.grad_accum == 0:
-                mx.random.seed(rng_seed(cfg.seed, it))
-            if it % cfg.steps_per_report == 0 or it == cfg.iters:
-                mean = window["loss"] / window["steps"]
-                tok_s = window["tokens"] / window["seconds"]
-                lr = info["learning_rate"]
-                state["train_curve"].append(
-                    {
-                        "iteration": it,
-                        "update": it // cfg.grad_accum,
-                        "train_loss": round(mean, 6),
-                        "learning_rate": float(f"{lr:.6g}"),
-                        "tokens_per_sec": round(tok_s, 1),
-                    }
-                )
-                progress.line(
-                    f"  iter {it:>6}  update {it // cfg.grad_accum:>5}  train_loss "
-                    f"{mean:.4f}  lr {lr:.2e}  {tok_s:,.0f} tok/s"
-                )
-                window.update(loss=0.0, steps=0, tokens=0, seconds=0.0)
-            if it % cfg.steps_per_eval == 0 or it == cfg.iters:
-                state["last_valid_loss"] = validate(it)
-            if rank0 and (it % cfg.steps_per_save == 0 or it == cfg.iters):
-                meta = {k: v for k, v in state.items() if k != "start"}
-                ckpts.save(it, model, optimizer, meta)
-            if rank0 and (it % cfg.steps_per_report == 0 or it == cfg.iters):
-                _write_curves(cfg.curves_dir, state["train_curve"], state["valid_curve"])
-
-    args = TrainingArgs(
-        batch_size=cfg.batch_size,
-        iters=cfg.iters - start,
-        val_batches=-1,
-        steps_per_report=1,  # the callback aggregates; per-step reports give an exact NaN iteration
-        steps_per_eval=cfg.iters + 1,  # validation runs in the callback, over the whole set
-        steps_per_save=cfg.iters + 1,  # mlx-lm's adapter-only saves are replaced by Checkpoints
-        max_seq_length=cfg.max_seq_length,
-        adapter_file=str(cfg.state_dir / "last_adapters.safetensors"),
-        grad_checkpoint=cfg.grad_checkpoint,
-        grad_accumulation_steps=cfg.grad_accum,
-    )
+        state = ckpts.restore(model, optimizer)
+        progress.line(f"resumed from iteration {state.iteration} ({ckpts.newest()})")
+    else:
+        state = TrainState()
+        if is_rank0() and cfg.state_dir.exists():
+            shutil.rmtree(cfg.state_dir)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     mx.reset_peak_memory()
-    mx.random.seed(rng_seed(cfg.seed, start))
-    model.train()
+    report = ConsoleReport(progress, cfg.curves_dir, state)
+    settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in fields(LoopSettings)})
     try:
-        with _mlx_trainer_patched(model):
-            train(
-                model=model,
-                optimizer=optimizer,
-                train_dataset=train_set,
-                val_dataset=None,
-                args=args,
-                loss=global_masked_loss,
-                iterate_batches=BatchIterator(cfg.seed, start, positions=sparse_head),
-                training_callback=Reporter(),
-            )
+        train_loop(model, optimizer, train_set, valid_set, settings, state, ckpts, report, head)
     except NonFiniteLoss as err:
         last = ckpts.newest()
         raise StageError(
@@ -570,49 +374,53 @@ def run(cfg: TrainConfig) -> dict:
             f"last good checkpoint is {last or 'none (none was saved yet)'}. Fix: "
             "lower --learning-rate or check the data, then --resume or rerun."
         ) from None
+    if is_rank0():
+        report.write_curves()
+        _save_adapter_dir(cfg, model, base, state, head is not None)
 
-    final_loss = state.get("last_valid_loss")
-    if final_loss is None:  # e.g. resuming a run that had already finished
-        final_loss = validate(cfg.iters)
-    if rank0:
-        _write_curves(cfg.curves_dir, state["train_curve"], state["valid_curve"])
-        with atomic_path(cfg.adapter_path, is_dir=True) as tmp:
-            mx.save_safetensors(
-                str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
-            )
-            adapter_config = _adapter_config(cfg, base)
-            write_json(tmp / "adapter_config.json", adapter_config)
-            info = _run_info(cfg, base)
-            info["logits_at"] = "trained positions" if sparse_head else "every position"
-            write_json(tmp / "run_info.json", info)
-            if (best_dir / "adapters.safetensors").is_file():
-                (tmp / "best").mkdir()
-                shutil.copy2(best_dir / "adapters.safetensors", tmp / "best")
-                write_json(
-                    tmp / "best" / "adapter_config.json",
-                    {**adapter_config, "iteration": state["best_iter"]},
-                )
-
-    first = state["valid_curve"][0]
-    last_train = state["train_curve"][-1] if state["train_curve"] else {"train_loss": math.nan}
+    final, first = state.last_valid_loss, state.valid_curve[0]
     return {
         "valid_loss_initial": first["valid_loss"],
         "valid_ppl_initial": first["valid_ppl"],
-        "valid_loss": round(final_loss, 6),
-        "valid_ppl": round(math.exp(min(final_loss, 50.0)), 6),
-        "best_valid_ppl": round(state["best_ppl"], 6),
-        "best_valid_iteration": state["best_iter"],
-        "train_loss": last_train["train_loss"],
+        "valid_loss": round(final, 6),
+        "valid_ppl": round(math.exp(min(final, 50.0)), 6),
+        "best_valid_ppl": round(state.best_ppl, 6),
+        "best_valid_iteration": state.best_iter,
+        "train_loss": state.train_curve[-1]["train_loss"],
         "iterations": cfg.iters,
         "optimizer_updates": cfg.updates,
-        "trained_tokens": state["trained_tokens"],
-        "tokens_per_sec": round(state["trained_tokens"] / max(state["train_seconds"], 1e-9), 1),
+        "trained_tokens": state.trained_tokens,
+        "tokens_per_sec": round(state.trained_tokens / max(state.train_seconds, 1e-9), 1),
         "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 4),
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "trainable_params": int(n_trainable),
         "n_train": len(train_rows),
         "n_valid": len(valid_rows),
     }
+
+
+def _save_adapter_dir(cfg: TrainConfig, model, base: dict, state: TrainState, sparse: bool):
+    """The adapter as mlx-lm writes it, plus run_info.json and the best adapter in ``best/``."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    best = cfg.state_dir / "best" / "adapters.safetensors"
+    with atomic_path(cfg.adapter_path, is_dir=True) as tmp:
+        mx.save_safetensors(
+            str(tmp / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+        )
+        adapter_config = _adapter_config(cfg, base)
+        write_json(tmp / "adapter_config.json", adapter_config)
+        info = _run_info(cfg, base)
+        info["logits_at"] = "trained positions" if sparse else "every position"
+        write_json(tmp / "run_info.json", info)
+        if best.is_file():
+            (tmp / "best").mkdir()
+            shutil.copy2(best, tmp / "best")
+            write_json(
+                tmp / "best" / "adapter_config.json",
+                {**adapter_config, "iteration": state.best_iter},
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:

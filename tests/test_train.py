@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -92,7 +93,7 @@ def test_logits_at_trained_positions_only_give_the_same_loss_and_gradient(tiny_m
     from mlx_lm.models import gemma
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from src.sft_loop import enable_trained_positions_head
+    from src.sft_loop import checked_head
 
     model, tok = load(str(tiny_model))
     model.freeze()
@@ -101,11 +102,12 @@ def test_logits_at_trained_positions_only_give_the_same_loss_and_gradient(tiny_m
         p += 0.01 * mx.random.normal(p.shape, key=mx.random.key(1))
     ds = make_dataset(genrm_rows[:7], tok, mask_prompt=True)
     batches = list(BatchIterator(0, positions=True)(ds, 4, 2048))  # last one padded
-    assert enable_trained_positions_head(model)
+    head = checked_head(model)
+    assert head is not None
     grads = nn.value_and_grad(model, masked_loss)
     for batch, lengths, positions in batches:
         (full, n_full), g_full = grads(model, batch, lengths)
-        (sparse, n_sparse), g_sparse = grads(model, batch, lengths, positions)
+        (sparse, n_sparse), g_sparse = grads(model, batch, lengths, positions, head)
         assert int(n_full) == int(n_sparse) and positions.shape[0] % 32 == 0
         assert positions.shape[0] < batch[:, 1:].size  # fewer positions than every one
         assert abs(full.item() - sparse.item()) <= 1e-5 * abs(full.item())
@@ -117,10 +119,10 @@ def test_logits_at_trained_positions_only_give_the_same_loss_and_gradient(tiny_m
             return 3.0 * mx.tanh(super().__call__(inputs, cache) / 3.0)
 
     model.__class__ = SoftCapped
-    assert not enable_trained_positions_head(model)
+    assert checked_head(model) is None
     batch, lengths, positions = batches[0]
     want = masked_loss(model, batch, lengths)[0].item()
-    assert masked_loss(model, batch, lengths, positions)[0].item() == want
+    assert masked_loss(model, batch, lengths, positions, None)[0].item() == want
 
 
 def test_batches_resume_at_the_same_data_position(tiny_model, genrm_rows):
@@ -232,11 +234,15 @@ def _train_cmd(tmp_path, model, train, valid, tag, **extra) -> list[str]:
     return [sys.executable, "-m", "src.train_sft", *args]
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits):
+@pytest.mark.parametrize("report", [1, 10])
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits, report):
+    """Killed after its iteration-12 checkpoint and resumed, a run ends bitwise where the
+    uninterrupted one does, whatever the report interval (10: the checkpoint falls between two
+    reports, whose window of losses must survive the kill)."""
     train, valid = splits
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(
-        _train_cmd(tmp_path, tiny_model, train, valid, "a"),
+        _train_cmd(tmp_path, tiny_model, train, valid, "a", steps_per_report=report),
         cwd=ROOT,
         env=env,
         check=True,
@@ -244,7 +250,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits
     )
 
     proc = subprocess.Popen(
-        _train_cmd(tmp_path, tiny_model, train, valid, "b"),
+        _train_cmd(tmp_path, tiny_model, train, valid, "b", steps_per_report=report),
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -260,7 +266,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits
     assert not (tmp_path / "b" / "adapter").exists(), "killed too late: the run had finished"
 
     done = subprocess.run(
-        _train_cmd(tmp_path, tiny_model, train, valid, "b", resume="true"),
+        _train_cmd(tmp_path, tiny_model, train, valid, "b", resume="true", steps_per_report=report),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -278,6 +284,12 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits
     assert ma["valid_loss"] == mb["valid_loss"] and ma["train_loss"] == mb["train_loss"]
     ca = (tmp_path / "a" / "curves" / "valid.csv").read_text()
     assert ca == (tmp_path / "b" / "curves" / "valid.csv").read_text()
+
+    def losses(tag):  # the train curve without its timings
+        rows = list(csv.DictReader((tmp_path / tag / "curves" / "train.csv").open()))
+        return [(r["iteration"], r["train_loss"], r["learning_rate"]) for r in rows]
+
+    assert losses("a") == losses("b") and len(losses("a")) == (48 // report + (report == 10))
 
 
 def test_resume_refuses_other_settings(tmp_path, tiny_model, splits, capsys):
@@ -301,8 +313,8 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(
     valid = write_jsonl(tmp_path / "valid.jsonl", genrm_rows[200:220])
     unk = load_tokenizer(str(tiny_model)).convert_tokens_to_ids("<unk>")
 
-    def poisoned_loss(model, batch, lengths, positions=None):
-        loss, ntoks = masked_loss(model, batch, lengths, positions)
+    def poisoned_loss(model, batch, lengths, positions=None, head=None):
+        loss, ntoks = masked_loss(model, batch, lengths, positions, head)
         return mx.where((batch == unk).any(), mx.array(float("nan")), loss), ntoks
 
     monkeypatch.setattr(loop, "masked_loss", poisoned_loss)
