@@ -42,13 +42,12 @@ Params: ``eval.*``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .judge import auc, best_of_n, direct_scores, pairwise_accuracy, pearson, spearman, swap_pair
-from .runtime import DataError, StageError, atomic_path, stage_main
+from .runtime import DataError, StageError, stage_main, write_jsonl
 from .sft_data import CHAT, read_jsonl, validate_rows
 from .verdicts import NAMES, VerdictFormat, get_format, resolve
 
@@ -122,8 +121,7 @@ def run(cfg: EvalConfig) -> dict:
         for rec, base_rec in zip(records, base_records, strict=True):
             rec["base_judgement"], rec["base_score"] = base_rec["judgement"], base_rec["score"]
     metrics[f"verdict_format_{fmt.name}"] = 1
-    with atomic_path(cfg.judgements_out) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_jsonl(cfg.judgements_out, records)
     return metrics
 
 

@@ -18,7 +18,7 @@ adapter (max |logit difference| and perplexity within tolerance) and must be muc
 than the base without adapter is. Otherwise the stage fails and leaves no model behind; this is
 what catches mlx-lm issue 1172 (a fuse into a quantized base that silently drops the adapter).
 
-Params: ``model.path``, ``fuse.*``, ``train.max_seq_length``.
+Params: ``fuse.*`` (the base model and the adapter come from the stages before it).
 
     uv run python -m src.fuse_model --model google/gemma-2b-it \\
         --adapter-path checkpoints/sft_adapter --save-path checkpoints/sft_merged_model
@@ -54,7 +54,6 @@ class FuseConfig:
     adapter_path: Path = Path("checkpoints/sft_adapter")
     save_path: Path = Path("checkpoints/sft_merged_model")
     valid_data: Path = Path("data/processed/sft/sft_valid.jsonl")
-    train_metrics: Path | None = Path("metrics/train.json")
     generations_out: Path = Path("metrics/fuse_generations.md")
     fuse_into: str = "quantized"
     keep_quantized: bool = False
@@ -313,10 +312,11 @@ def run(cfg: FuseConfig) -> dict:
     }
     if alt_ppl is not None:
         metrics["valid_ppl_fused_into_original"] = round(alt_ppl, 6)
-    if cfg.train_metrics and Path(cfg.train_metrics).is_file():
-        train_ppl = json.loads(Path(cfg.train_metrics).read_text()).get("valid_ppl")
-        if train_ppl is not None:
-            metrics["valid_ppl_diff_vs_train"] = round(valid_ppl - train_ppl, 6)
+    # The train stage's own final validation of this adapter (train_sft writes it beside it).
+    info = Path(cfg.adapter_path) / "run_info.json"
+    train_loss = json.loads(info.read_text()).get("valid_loss") if info.is_file() else None
+    if train_loss is not None:
+        metrics["valid_ppl_diff_vs_train"] = round(valid_ppl - math.exp(min(train_loss, 50.0)), 6)
     return metrics
 
 
@@ -327,7 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-path", type=Path, default=d.adapter_path)
     p.add_argument("--save-path", type=Path, default=d.save_path)
     p.add_argument("--valid-data", type=Path, default=d.valid_data)
-    p.add_argument("--train-metrics", type=Path, default=d.train_metrics)
     p.add_argument("--generations-out", type=Path, default=d.generations_out)
     p.add_argument("--fuse-into", choices=("quantized", "original"), default=d.fuse_into)
     add_bool_flag(p, "--keep-quantized", d.keep_quantized)

@@ -20,14 +20,13 @@ from collections import Counter
 from pathlib import Path
 
 from .genrm_sample import VERDICTS, dumps, generate_rows
-from .runtime import add_bool_flag, atomic_path, check_range, run_main
+from .runtime import add_bool_flag, check_range, run_main, write_jsonl
 
 
 def run(rows: int, seed: int, out: Path, reference: bool = False, verdict: str = "score10") -> dict:
     check_range("--rows", rows, 1)
     generated = list(generate_rows(rows, seed, reference=reference, verdict=verdict))
-    with atomic_path(out) as tmp:
-        tmp.write_text("".join(dumps(r) + "\n" for r in generated), encoding="utf-8")
+    write_jsonl(out, generated, dumps=dumps)
     labels = Counter(r["metadata"]["label"] for r in generated)
     return {"n_rows": len(generated), "n_correct": labels[1], "n_incorrect": labels[0]}
 

@@ -76,6 +76,17 @@ def write_json(path: str | Path, obj: dict) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def write_jsonl(path: str | Path, rows, dumps=json.dumps) -> None:
+    """Write rows as JSON Lines (``jsonlines``' writer, ``dumps`` per row), atomically.
+
+    Reading stays ``sft_data.iter_jsonl_lines``: errors further down cite each row's file line
+    and the split copies each row's original text, which ``jsonlines``' reader does not keep."""
+    import jsonlines
+
+    with atomic_path(path) as tmp, jsonlines.open(tmp, "w", dumps=dumps) as writer:
+        writer.write_all(rows)
+
+
 def flat_metrics(metrics: dict) -> dict:
     """Check metrics are a flat mapping of finite numbers (what ``dvc metrics diff`` compares)."""
     for key, value in metrics.items():

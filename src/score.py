@@ -18,11 +18,10 @@ the command with ``file:line: what. Fix: how`` and nothing written. The Python i
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import DataError, StageError, add_bool_flag, atomic_path, stage_main
+from .runtime import DataError, StageError, add_bool_flag, stage_main, write_jsonl
 from .sft_data import read_jsonl
 from .verdicts import NAMES
 
@@ -98,13 +97,7 @@ def run(cfg: ScoreConfig) -> dict:
         records = judge.judge(prompts, responses, refs)
     except (KeyError, IndexError) as err:  # a template field the rows do not have
         raise StageError(f"--template {cfg.template}: unknown field {err}.") from None
-    with atomic_path(cfg.output) as tmp:
-        tmp.write_text(
-            "".join(
-                json.dumps({"line": n, **r}) + "\n" for n, r in zip(lines, records, strict=True)
-            ),
-            encoding="utf-8",
-        )
+    write_jsonl(cfg.output, [{"line": n, **r} for n, r in zip(lines, records, strict=True)])
     scored = [r["score"] for r in records if r["score"] is not None]
     metrics = {"n_rows": len(records), "n_unparsed": len(records) - len(scored)}
     if scored:

@@ -6,7 +6,7 @@ and ignored by training.
 
 Training uses mlx-lm's own datasets (``create_dataset`` + ``CacheDataset``). The split stage
 measures lengths with ``token_lengths``, a batched equivalent (render with the same tokenizer's
-chat template, then one ``encode_batch``); ``tests/test_sft_data.py`` proves the two agree token
+chat template, then one ``encode_batch``); ``tests/test_split.py`` proves the two agree token
 for token, so the length filter cannot drift from what training sees.
 """
 

@@ -11,7 +11,7 @@ Recipe step 1. Reads ``data/processed/sft/sft_genrm_train.jsonl``; writes ``sft_
   one side; with ``metadata.label`` the validation split keeps the label balance of the whole.
 - Deterministic for ``--seed``. Bad input exits 1 with file, line and fix, and writes nothing.
 
-Params (``params.yaml``): ``model.path``, ``split.*``, ``train.max_seq_length``.
+Params (``params.yaml``): ``split.*``, ``train.max_seq_length`` (the tokenizer is the base model's).
 
     uv run python -m src.split_data --max-seq-length 2048
 """

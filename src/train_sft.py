@@ -413,6 +413,9 @@ def _save_adapter_dir(cfg: TrainConfig, model, base: dict, state: TrainState, sp
         write_json(tmp / "adapter_config.json", adapter_config)
         info = _run_info(cfg, base)
         info["logits_at"] = "trained positions" if sparse else "every position"
+        # what fuse checks its merged model against (the adapter folder is fuse's input; the
+        # stage metrics, which hold timings, are not)
+        info["valid_loss"] = state.last_valid_loss
         write_json(tmp / "run_info.json", info)
         if best.is_file():
             (tmp / "best").mkdir()

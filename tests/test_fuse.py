@@ -24,7 +24,6 @@ def _args(root, model, out, **extra) -> list[str]:
         adapter_path=root / "adapter",
         save_path=out,
         valid_data=root / "valid.jsonl",
-        train_metrics=root / "train.json",
         generations_out=out.parent / "gen.md",
         metrics=out.parent / "fuse.json",
         verify_rows=8,

@@ -99,3 +99,41 @@ def test_defaults_are_the_recipes_hyperparameters_and_recipe_file_is_the_full_ru
     }
     assert full["model.name"] == "google/gemma-2b-it"
     assert full["train.iters"] == 5000 and full["train.warmup_steps"] == 100
+
+
+def _src_imports(module: str) -> set[str]:
+    """``src`` modules that ``python -m module`` runs: the package's ``__init__`` (it preloads the
+    BLAS) and what ``module`` imports, at any depth, module-level or inside functions."""
+    import ast
+
+    seen, todo = set(), ["src.__init__", module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((ROOT / (name.replace(".", "/") + ".py")).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = "src" if node.level == 1 else (node.module or "")
+                full = f"src.{node.module}" if node.level == 1 and node.module else base
+                if full == "src":  # from . import x / from src import x
+                    todo += [f"src.{a.name}" for a in node.names]
+                elif full.startswith("src."):
+                    todo.append(full)
+            elif isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("src.")]
+    return {m for m in seen if (ROOT / (m.replace(".", "/") + ".py")).is_file()}
+
+
+def test_each_stage_depends_on_exactly_the_code_it_runs():
+    """A change to a ``src`` module reruns exactly the stages that import it (transitively):
+    each stage's ``deps`` list every such module, and no other."""
+    _, _, dvc, _ = _load()
+    for name, stage in dvc["stages"].items():
+        code = {f"{m.replace('.', '/')}.py" for m in _src_imports(STAGE_MODULES[name])}
+        listed = {d for d in stage["deps"] if d.startswith("src/")}
+        assert listed >= code, f"stage {name}: deps lack {sorted(code - listed)}"
+        assert listed <= code, (
+            f"stage {name}: deps list code it never imports: {sorted(listed - code)}"
+        )
