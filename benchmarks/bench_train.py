@@ -206,8 +206,8 @@ def ours(
             str(data / "valid.jsonl"),
             "--adapter-path",
             str(work / "ours"),
-            "--curves-dir",
-            str(work / "ours_curves"),
+            "--live-dir",
+            str(work / "ours_live"),
             "--metrics",
             str(work / "ours.json"),
             "--iters",
@@ -237,7 +237,8 @@ def ours(
         ],
         env=env,
     )
-    rows = list(csv.DictReader((work / "ours_curves" / "train.csv").open()))[warmup:]
+    tsv = work / "ours_live" / "plots" / "metrics" / "tokens_per_sec.tsv"
+    rows = list(csv.DictReader(tsv.open(), delimiter="\t"))[warmup:]
     metrics = json.loads((work / "ours.json").read_text())
     trained_per_step = metrics["trained_tokens"] / metrics["iterations"]  # rows are alike
     seconds = sum(trained_per_step / float(r["tokens_per_sec"]) for r in rows)

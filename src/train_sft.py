@@ -3,7 +3,7 @@
 Recipe steps 2-3. Reads the split stage's ``sft_train.jsonl`` / ``sft_valid.jsonl`` and the base
 model; writes ``checkpoints/sft_adapter/`` (``adapters.safetensors``, ``adapter_config.json``,
 ``run_info.json``, ``best/``), resumable checkpoints in ``--state-dir``, ``metrics/train.json``
-and the curves ``metrics/curves/{train,valid}.csv``.
+and the curves through DVCLive in ``metrics/live/`` (``plots/metrics/*.tsv``, ``metrics.json``).
 
 Built on mlx-lm: ``load``, ``quantize_model``, ``linear_to_lora_layers``, ``evaluate``,
 ``CacheDataset`` and its compiled training step. The loop is ours (``src/sft_loop.py``), with
@@ -28,7 +28,6 @@ Params: ``qlora.*``, ``lora.*``, ``train.*``.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -70,7 +69,7 @@ RESUMABLE_FIELDS = {
     "steps_per_report",
     "steps_per_eval",
     "steps_per_save",
-    "curves_dir",
+    "live_dir",
     "adapter_path",
     "state_dir",
 }
@@ -83,7 +82,7 @@ class TrainConfig:
     valid_data: Path = Path("data/processed/sft/sft_valid.jsonl")
     adapter_path: Path = Path("checkpoints/sft_adapter")
     state_dir: Path | None = None  # default: <adapter_path>_state
-    curves_dir: Path = Path("metrics/curves")
+    live_dir: Path = Path("metrics/live")
     iters: int = 5000
     batch_size: int = 4
     grad_accum: int = 4
@@ -293,11 +292,54 @@ class Progress:
         print(text, flush=True)
 
 
-class ConsoleReport(Report):
-    """The training log, and the curves ``dvc plots`` draws (rewritten at each report)."""
+def _live(live_dir: Path):
+    """DVCLive's ``Live`` on ``live_dir``: it only logs (no experiment saving, no dvc.yaml edits:
+    the pipeline declares its outputs itself)."""
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError
 
-    def __init__(self, progress: Progress, curves_dir: Path, state: TrainState):
-        self.progress, self.curves_dir, self.state = progress, Path(curves_dir), state
+    class _Live(Live):
+        # DVCLive 3.49 reads the Git HEAD before it checks that the repo has a commit, so the
+        # first `dvc repro` right after `git init` would crash here. There it logs without the
+        # Git link, which only serves the experiment saving turned off above.
+        def _init_dvc(self):
+            try:
+                super()._init_dvc()
+            except SCMError:
+                self._dvc_repo = None
+
+    return _Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
+
+
+class StageReport(Report):
+    """The training log on the console, and the curves through DVCLive (``--live-dir``): its
+    ``plots/metrics/*.tsv`` are what ``dvc plots`` draws, and its ``metrics.json`` (the latest
+    value of each) is rewritten at every report, so ``dvc exp show`` follows a run while it
+    trains. The step is the iteration. Rank 0 only."""
+
+    def __init__(self, progress: Progress, live_dir: Path, state: TrainState):
+        self.progress = progress
+        self.live = None
+        if is_rank0():
+            # Never DVCLive's own resume: a run resumes from its last checkpoint, which may be
+            # older than the last rows DVCLive wrote before the run died, and those would be kept
+            # twice. The curves are replayed from the checkpoint's state instead, so a resumed
+            # run's files are the uninterrupted run's.
+            self.live = _live(live_dir)
+            rows = sorted(state.train_curve + state.valid_curve, key=lambda r: r["iteration"])
+            for row in rows:
+                self._log(row)
+
+    def _log(self, row: dict) -> None:
+        if self.live is None:
+            return
+        self.live.step = row["iteration"]
+        # the update counter is a train-curve column only (a validation row repeats it)
+        skip = {"iteration", "update"} if "valid_loss" in row else {"iteration"}
+        for name, value in row.items():
+            if name not in skip:
+                self.live.log_metric(name, value)
+        self.live.make_summary()
 
     def step(self, iteration: int, loss: float, tokens_per_sec: float) -> None:
         self.progress.step(iteration, loss, tokens_per_sec)
@@ -308,27 +350,18 @@ class ConsoleReport(Report):
             f"{row['train_loss']:.4f}  lr {row['learning_rate']:.2e}  "
             f"{row['tokens_per_sec']:,.0f} tok/s"
         )
-        self.write_curves()
+        self._log(row)
 
     def valid(self, row: dict) -> None:
         self.progress.line(
             f"  iter {row['iteration']:>6}  valid_loss {row['valid_loss']:.4f}  "
             f"valid_ppl {row['valid_ppl']:.3f}"
         )
+        self._log(row)
 
-    def write_curves(self) -> None:
-        if not is_rank0():
-            return
-        for name, rows in (("train", self.state.train_curve), ("valid", self.state.valid_curve)):
-            if not rows:
-                continue
-            with (
-                atomic_path(self.curves_dir / f"{name}.csv") as tmp,
-                tmp.open("w", newline="") as f,
-            ):
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+    def end(self) -> None:
+        if self.live is not None:
+            self.live.end()
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -363,7 +396,7 @@ def run(cfg: TrainConfig) -> dict:
             shutil.rmtree(cfg.state_dir)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     mx.reset_peak_memory()
-    report = ConsoleReport(progress, cfg.curves_dir, state)
+    report = StageReport(progress, cfg.live_dir, state)
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in fields(LoopSettings)})
     try:
         train_loop(model, optimizer, train_set, valid_set, settings, state, ckpts, report, head)
@@ -374,8 +407,8 @@ def run(cfg: TrainConfig) -> dict:
             f"last good checkpoint is {last or 'none (none was saved yet)'}. Fix: "
             "lower --learning-rate or check the data, then --resume or rerun."
         ) from None
+    report.end()
     if is_rank0():
-        report.write_curves()
         _save_adapter_dir(cfg, model, base, state, head is not None)
 
     final, first = state.last_valid_loss, state.valid_curve[0]
@@ -435,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(d, f.name)
         if types[f.name] in ("bool", bool):
             add_bool_flag(p, flag, default)
-        elif f.name in ("train_data", "valid_data", "adapter_path", "curves_dir"):
+        elif f.name in ("train_data", "valid_data", "adapter_path", "live_dir"):
             p.add_argument(flag, type=Path, default=default)
         elif f.name == "state_dir":
             p.add_argument(

@@ -75,7 +75,7 @@ def train_flags(out: Path, model, train, valid, **extra) -> list[str]:
         train_data=train,
         valid_data=valid,
         adapter_path=out / "adapter",
-        curves_dir=out / "curves",
+        live_dir=out / "live",
         metrics=out / "train.json",
         iters=8,
         batch_size=4,

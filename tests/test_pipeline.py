@@ -103,10 +103,46 @@ def test_repro_exp_run_diffs_and_noop(repo):
     assert (
         "verdict_accuracy" in json.loads(_sh(repo, "dvc", "metrics", "show", "--json")).__repr__()
     )
-    shown = json.dumps(json.loads(_sh(repo, "dvc", "exp", "show", "--json")))
+    exp_show = json.loads(_sh(repo, "dvc", "exp", "show", "--json"))
+    shown = json.dumps(exp_show)
     assert '"rank": 8' in shown and '"rank": 16' in shown  # the experiment beside its baseline
+    # DVCLive's metrics (rewritten at every report while training) as `dvc exp show` reads them,
+    # for the baseline and the experiment: the last step and its validation loss
+    live = list(_find(exp_show, "metrics/live/metrics.json"))
+    assert len(live) >= 2 and all(d["data"]["step"] == 8 for d in live)
+    assert {d["data"]["valid_loss"] for d in live} >= {train["valid_loss"]}
+    # `dvc plots` draws DVCLive's curves
+    plots = json.loads(_sh(repo, "dvc", "plots", "show", "--json"))["data"]
+    for plot, fields in {
+        "loss": ("train_loss", "valid_loss"),
+        "valid_ppl": ("valid_ppl",),
+        "learning_rate": ("learning_rate",),
+        "throughput": ("tokens_per_sec",),
+    }.items():
+        values = [
+            v
+            for d in _find(plots[plot], "data")
+            if isinstance(d, dict)
+            for v in d.get("values", [])
+        ]
+        for field in fields:  # train: steps 4 and 8; valid: also step 0
+            steps = {int(v["step"]) for v in values if field in v}
+            assert steps >= {4, 8}, (plot, field, steps)
     adapter = json.loads((repo / "checkpoints/sft_adapter/adapter_config.json").read_text())
     assert adapter["lora_parameters"]["rank"] == 8
+
+
+def _find(tree, key):
+    """Every value stored under ``key`` in a JSON tree."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == key:
+                yield v
+            else:
+                yield from _find(v, key)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _find(v, key)
 
 
 def test_push_and_pull_restore_data_and_models(repo, tmp_path):

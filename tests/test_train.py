@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -169,8 +168,8 @@ def test_recipe_flags_train_and_write_outputs(tmp_path, tiny_model, splits):
         str(tmp_path / "adapter"),
         "--mask-prompt",
         "--grad-checkpoint",
-        "--curves-dir",
-        str(tmp_path / "curves"),
+        "--live-dir",
+        str(tmp_path / "live"),
         "--metrics",
         str(tmp_path / "train.json"),
         "--steps-per-report",
@@ -201,12 +200,26 @@ def test_recipe_flags_train_and_write_outputs(tmp_path, tiny_model, splits):
     info = json.loads((adapter / "run_info.json").read_text())
     assert info["versions"]["mlx-lm"] and info["blas"] and info["base"]["quantized_base"]
 
-    # The learning rate warms up over optimizer updates, not iterations.
-    curve = (tmp_path / "curves" / "train.csv").read_text().splitlines()
-    assert curve[0] == "iteration,update,train_loss,learning_rate,tokens_per_sec"
-    assert [r.split(",")[1] for r in curve[1:]] == ["1", "2"]
-    valid_curve = (tmp_path / "curves" / "valid.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in valid_curve[1:]] == ["0", "4", "8"]
+    # The curves, through DVCLive: one .tsv per metric, step = iteration; the learning rate
+    # warms up over optimizer updates, not iterations.
+    curves = tmp_path / "live" / "plots" / "metrics"
+    assert {p.name for p in curves.iterdir()} == {
+        f"{m}.tsv"
+        for m in (
+            "train_loss",
+            "learning_rate",
+            "tokens_per_sec",
+            "update",
+            "valid_loss",
+            "valid_ppl",
+        )
+    }
+    update = (curves / "update.tsv").read_text().splitlines()
+    assert update[0] == "step\tupdate" and [r.split("\t")[1] for r in update[1:]] == ["1", "2"]
+    valid_curve = (curves / "valid_loss.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in valid_curve[1:]] == ["0", "4", "8"]
+    live = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert live["step"] == 8 and live["valid_loss"] == m["valid_loss"]
 
     from mlx_lm import load
 
@@ -227,7 +240,7 @@ def _train_cmd(tmp_path, model, train, valid, tag, **extra) -> list[str]:
         steps_per_eval=16,
         adapter_path=tmp_path / tag / "adapter",
         state_dir=tmp_path / tag / "state",
-        curves_dir=tmp_path / tag / "curves",
+        live_dir=tmp_path / tag / "live",
         metrics=tmp_path / tag / "train.json",
         **extra,
     )
@@ -282,14 +295,14 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits
     ma = json.loads((tmp_path / "a" / "train.json").read_text())
     mb = json.loads((tmp_path / "b" / "train.json").read_text())
     assert ma["valid_loss"] == mb["valid_loss"] and ma["train_loss"] == mb["train_loss"]
-    ca = (tmp_path / "a" / "curves" / "valid.csv").read_text()
-    assert ca == (tmp_path / "b" / "curves" / "valid.csv").read_text()
 
-    def losses(tag):  # the train curve without its timings
-        rows = list(csv.DictReader((tmp_path / tag / "curves" / "train.csv").open()))
-        return [(r["iteration"], r["train_loss"], r["learning_rate"]) for r in rows]
+    def curve(tag, name):  # DVCLive's .tsv of one metric
+        return (tmp_path / tag / "live" / "plots" / "metrics" / f"{name}.tsv").read_text()
 
-    assert losses("a") == losses("b") and len(losses("a")) == (48 // report + (report == 10))
+    # every curve but the timings, row for row: none lost or doubled by the kill
+    for name in ("valid_loss", "valid_ppl", "train_loss", "learning_rate", "update"):
+        assert curve("a", name) == curve("b", name), name
+    assert len(curve("a", "train_loss").splitlines()) == 1 + 48 // report + (report == 10)
 
 
 def test_resume_refuses_other_settings(tmp_path, tiny_model, splits, capsys):
