@@ -46,25 +46,32 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import paths
 from .judge import auc, best_of_n, direct_scores, pairwise_accuracy, pearson, spearman, swap_pair
-from .runtime import DataError, StageError, stage_main, write_jsonl
+from .runtime import DataError, StageError, arg, config_parser, stage_main, write_jsonl
 from .sft_data import CHAT, read_jsonl, validate_rows
 from .verdicts import NAMES, VerdictFormat, get_format, resolve
 
 
 @dataclass
 class EvalConfig:
-    model: str = "checkpoints/sft_merged_model"
-    data: Path = Path("data/processed/sft/sft_valid.jsonl")
-    judgements_out: Path = Path("metrics/eval_judgements.jsonl")
-    max_tokens: int = 64
-    batch_size: int = 32
-    limit: int = 0  # 0: every row
-    base_model: str = ""  # also judge with this (untrained) model: metrics prefixed base_
-    verdict: str = "auto"  # auto | a format of src/verdicts.py | regex
-    verdict_pattern: str = ""  # regex: one group capturing the number
-    verdict_min: float = 0.0  # regex: the scale
-    verdict_max: float = 10.0
+    model: str = arg(str(paths.MERGED), "the judge: the fused model")
+    data: Path = arg(paths.VALID_SPLIT, "held-out chat rows ending with the reference judgement")
+    judgements_out: Path = arg(
+        Path("metrics/eval_judgements.jsonl"), "every judgement, with its score and reference"
+    )
+    max_tokens: int = arg(64, "greedy judgement length")
+    batch_size: int = arg(32, "rows generated together")
+    limit: int = arg(0, "judge only the first N rows (0: every row)")
+    base_model: str = arg("", "also judge with this (untrained) model: metrics prefixed base_")
+    verdict: str = arg(
+        "auto",
+        "verdict format of the data (auto: detected from the reference judgements)",
+        choices=("auto", *NAMES),
+    )
+    verdict_pattern: str = arg("", "with --verdict regex: a regex whose one group is the number")
+    verdict_min: float = arg(0.0, "with --verdict regex: lowest score")
+    verdict_max: float = arg(10.0, "with --verdict regex: highest score")
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size"):
@@ -315,34 +322,7 @@ def _pairwise_metrics(scores, refs, direct, texts_sw, direct_sw) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = EvalConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m src.evaluate_genrm", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--data", type=Path, default=d.data)
-    p.add_argument("--judgements-out", type=Path, default=d.judgements_out)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--limit", type=int, default=d.limit)
-    p.add_argument(
-        "--base-model", default=d.base_model, help="also judge with this untrained model"
-    )
-    p.add_argument(
-        "--verdict",
-        default=d.verdict,
-        choices=["auto", *NAMES],
-        help="verdict format of the data (auto: detected from the reference judgements)",
-    )
-    p.add_argument(
-        "--verdict-pattern",
-        default=d.verdict_pattern,
-        help="with --verdict regex: a regex whose one group captures the number",
-    )
-    p.add_argument("--verdict-min", type=float, default=d.verdict_min, help="regex: lowest score")
-    p.add_argument("--verdict-max", type=float, default=d.verdict_max, help="regex: highest score")
-    p.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"))
-    return p
+    return config_parser(EvalConfig, "src.evaluate_genrm", __doc__, "metrics/eval.json")
 
 
 def main(argv: list[str] | None = None) -> int:

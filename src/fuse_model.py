@@ -34,12 +34,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import paths
 from .base_model import load_base
 from .runtime import (
     DataError,
     StageError,
-    add_bool_flag,
+    arg,
     atomic_path,
+    config_parser,
     stage_main,
     write_json,
 )
@@ -50,19 +52,26 @@ MARKER = "fuse_info.json"  # written into every model this stage saves
 
 @dataclass
 class FuseConfig:
-    model: str = "checkpoints/base_model"
-    adapter_path: Path = Path("checkpoints/sft_adapter")
-    save_path: Path = Path("checkpoints/sft_merged_model")
-    valid_data: Path = Path("data/processed/sft/sft_valid.jsonl")
-    generations_out: Path = Path("metrics/fuse_generations.md")
-    fuse_into: str = "quantized"
-    keep_quantized: bool = False
-    verify_rows: int = 64
-    n_generations: int = 3
-    max_tokens: int = 48
-    batch_size: int = 8
-    logit_atol: float | None = None  # default by dtype, see _tolerances
-    ppl_rtol: float | None = None
+    model: str = arg(paths.BASE, "the base model the adapter was trained on")
+    adapter_path: Path = arg(paths.ADAPTER, "the train stage's adapter folder")
+    save_path: Path = arg(paths.MERGED, "where the merged model is written")
+    valid_data: Path = arg(paths.VALID_SPLIT, "validation rows: verification and perplexity")
+    generations_out: Path = arg(
+        Path("metrics/fuse_generations.md"), "sample judgements of the merged model (markdown)"
+    )
+    fuse_into: str = arg(
+        "quantized",
+        "quantized: the dequantized 4-bit base the adapter was trained on; original: the "
+        "full-precision weights",
+        choices=("quantized", "original"),
+    )
+    keep_quantized: bool = arg(False, "re-quantize the merged model (may erase the adapter)")
+    verify_rows: int = arg(64, "validation rows on which fused and base + adapter must agree")
+    n_generations: int = arg(3, "sample judgements written to --generations-out")
+    max_tokens: int = arg(48, "length of each sample judgement")
+    batch_size: int = arg(8, "rows per forward pass")
+    logit_atol: float | None = arg(None, "max |logit difference| allowed (default: by dtype)")
+    ppl_rtol: float | None = arg(None, "relative perplexity difference allowed (default: by dtype)")
 
     def __post_init__(self) -> None:
         if self.fuse_into not in ("quantized", "original"):
@@ -321,23 +330,7 @@ def run(cfg: FuseConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = FuseConfig()
-    p = argparse.ArgumentParser(prog="python -m src.fuse_model", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--adapter-path", type=Path, default=d.adapter_path)
-    p.add_argument("--save-path", type=Path, default=d.save_path)
-    p.add_argument("--valid-data", type=Path, default=d.valid_data)
-    p.add_argument("--generations-out", type=Path, default=d.generations_out)
-    p.add_argument("--fuse-into", choices=("quantized", "original"), default=d.fuse_into)
-    add_bool_flag(p, "--keep-quantized", d.keep_quantized)
-    p.add_argument("--verify-rows", type=int, default=d.verify_rows)
-    p.add_argument("--n-generations", type=int, default=d.n_generations)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--logit-atol", type=float, default=None)
-    p.add_argument("--ppl-rtol", type=float, default=None)
-    p.add_argument("--metrics", type=Path, default=Path("metrics/fuse.json"))
-    return p
+    return config_parser(FuseConfig, "src.fuse_model", __doc__, "metrics/fuse.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,41 +17,46 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import paths
 from .genrm_sample import VERDICTS, dumps, generate_rows
-from .runtime import add_bool_flag, check_range, run_main, write_jsonl
+from .runtime import arg, check_choice, check_range, config_parser, stage_main, write_jsonl
 
 
-def run(rows: int, seed: int, out: Path, reference: bool = False, verdict: str = "score10") -> dict:
-    check_range("--rows", rows, 1)
-    generated = list(generate_rows(rows, seed, reference=reference, verdict=verdict))
-    write_jsonl(out, generated, dumps=dumps)
+@dataclass
+class SampleDataConfig:
+    rows: int = arg(3000, "rows to generate")
+    seed: int = arg(0, "seed: the same seed and rows give the same bytes")
+    reference: bool = arg(False, "reference-guided rows: the correct answer in each prompt")
+    verdict: str = arg(
+        "score10", "verdict format the critiques end with", choices=(*VERDICTS, "pairwise")
+    )
+    out: Path = arg(paths.RAW, "the JSONL written")
+
+    def __post_init__(self) -> None:
+        check_range("--rows", self.rows, 1)
+        check_choice("--verdict", self.verdict, (*VERDICTS, "pairwise"))
+
+
+def run(cfg: SampleDataConfig) -> dict:
+    generated = list(
+        generate_rows(cfg.rows, cfg.seed, reference=cfg.reference, verdict=cfg.verdict)
+    )
+    write_jsonl(cfg.out, generated, dumps=dumps)
     labels = Counter(r["metadata"]["label"] for r in generated)
     return {"n_rows": len(generated), "n_correct": labels[1], "n_incorrect": labels[0]}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m src.make_sample_data", description=__doc__.split("\n")[0]
+    return config_parser(
+        SampleDataConfig, "src.make_sample_data", __doc__, "metrics/sample_data.json"
     )
-    p.add_argument("--rows", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    add_bool_flag(p, "--reference", False, "reference answer in each prompt")
-    p.add_argument(
-        "--verdict",
-        choices=[*VERDICTS, "pairwise"],
-        default="score10",
-        help="verdict format the critiques end with",
-    )
-    p.add_argument("--out", type=Path, default=Path("data/processed/sft/sft_genrm_train.jsonl"))
-    p.add_argument("--metrics", type=Path, default=Path("metrics/sample_data.json"))
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    return run_main(lambda: run(a.rows, a.seed, a.out, a.reference, a.verdict), a.metrics)
+    return stage_main(build_parser(), SampleDataConfig, run, argv)
 
 
 if __name__ == "__main__":

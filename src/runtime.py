@@ -8,8 +8,10 @@ import math
 import os
 import sys
 import tempfile
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import MISSING, field, fields
 from pathlib import Path
 
 
@@ -112,6 +114,54 @@ def run_main(run: Callable[[], dict], metrics_path: str | Path | None) -> int:
     return 0
 
 
+def arg(default, help: str, **flag):
+    """A config field and its flag, as mlx-lm's ``TrainingArgs`` declares them: the default, the
+    ``help`` that ``--help`` shows, and argparse extras (``choices``, ``required``)."""
+    return field(default=default, metadata={"help": help, **flag})
+
+
+def _none_or(kind):
+    return lambda text: None if text in ("", "None", "null") else kind(text)
+
+
+def config_parser(
+    config_cls, module: str, doc: str, metrics: str | None
+) -> argparse.ArgumentParser:
+    """A stage's CLI built from its typed config: one flag per field (``lora_layers`` ->
+    ``--lora-layers``), typed by the field's annotation, with the field's help and extras;
+    booleans take ``--flag`` alone or ``--flag true|false`` (what dvc.yaml renders); an optional
+    field takes ``''``/``None`` for None. ``choices`` are listed in the help and checked by the
+    config itself (``check_choice``), so Python callers get the same error. Plus ``--metrics``
+    (default ``metrics``; None: none unless given)."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    hints = typing.get_type_hints(config_cls)
+    for f in fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        extra = dict(f.metadata)
+        help = extra.pop("help")  # every field documents its flag
+        if "choices" in extra:
+            help += f" (one of: {', '.join(map(str, extra.pop('choices')))})"
+        default = f.default if f.default is not MISSING else f.default_factory()
+        kind = hints[f.name]
+        if kind is bool:
+            add_bool_flag(p, flag, default, help)
+            continue
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        convert = _none_or(options[0]) if options else kind
+        p.add_argument(flag, type=convert, default=default, help=help, **extra)
+    p.add_argument(
+        "--metrics",
+        type=_none_or(Path),
+        default=Path(metrics) if metrics else None,
+        help="where the stage writes its flat metrics JSON",
+    )
+    return p
+
+
 def stage_main(
     parser: argparse.ArgumentParser,
     config_cls,
@@ -143,6 +193,12 @@ def check_range(
             else f"<= {high}"
         )
         raise StageError(f"{name} must be {bounds}, got {value}.{' ' + hint if hint else ''}")
+
+
+def check_choice(flag: str, value, choices) -> None:
+    """Raise a StageError naming the flag when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise StageError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}.")
 
 
 def parse_bool(text: str) -> bool:

@@ -21,24 +21,40 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import DataError, StageError, add_bool_flag, stage_main, write_jsonl
+from . import paths
+from .runtime import (
+    DataError,
+    StageError,
+    arg,
+    check_choice,
+    config_parser,
+    stage_main,
+    write_jsonl,
+)
 from .sft_data import read_jsonl
 from .verdicts import NAMES
+
+POINTWISE = tuple(n for n in NAMES if n not in ("pairwise", "regex"))  # built-in prompts
 
 
 @dataclass
 class ScoreConfig:
-    model: str = "checkpoints/sft_merged_model"
-    input: Path = Path("candidates.jsonl")
-    output: Path = Path("scores.jsonl")
-    verdict: str = "score10"
-    template: Path | None = None
-    direct: bool = False
-    soft: bool = False
-    max_tokens: int = 64
-    batch_size: int = 16
+    model: str = arg(str(paths.MERGED), "the judge: a fused model folder")
+    input: Path = arg(None, "JSONL of pairs to score", required=True)
+    output: Path = arg(None, "JSONL of scores, one per input row", required=True)
+    verdict: str = arg("score10", "the verdict format the judge writes", choices=POINTWISE)
+    template: Path | None = arg(
+        None,
+        "file with the judge's prompt, {prompt} and {response} (and {reference}) in it "
+        "(default: the sample data's grading prompt for --verdict)",
+    )
+    direct: bool = arg(False, "score from verdict probabilities, no critique")
+    soft: bool = arg(False, "also soft_score: the verdict's probabilities where it was written")
+    max_tokens: int = arg(64, "judgement length")
+    batch_size: int = arg(16, "pairs judged together")
 
     def __post_init__(self) -> None:
+        check_choice("--verdict", self.verdict, POINTWISE)
         for name in ("max_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise StageError(f"--{name.replace('_', '-')} must be >= 1.")
@@ -106,32 +122,7 @@ def run(cfg: ScoreConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = ScoreConfig()
-    p = argparse.ArgumentParser(prog="python -m src.score", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=d.model, help="the judge: a fused model folder")
-    p.add_argument("--input", type=Path, required=True, help="JSONL of pairs to score")
-    p.add_argument("--output", type=Path, required=True, help="JSONL of scores, one per input row")
-    p.add_argument(
-        "--verdict",
-        default=d.verdict,
-        choices=[n for n in NAMES if n not in ("pairwise", "regex")],
-        help="the verdict format the judge writes",
-    )
-    p.add_argument(
-        "--template",
-        type=Path,
-        default=None,
-        help="file with the judge's prompt, {prompt} and {response} (and {reference}) in it "
-        "(default: the sample data's grading prompt for --verdict)",
-    )
-    add_bool_flag(p, "--direct", d.direct, "score from verdict probabilities, no critique")
-    add_bool_flag(
-        p, "--soft", d.soft, "also soft_score: the verdict's probabilities where it was written"
-    )
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="judgement length")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--metrics", type=Path, default=None, help="also write a summary JSON here")
-    return p
+    return config_parser(ScoreConfig, "src.score", __doc__, None)
 
 
 def main(argv: list[str] | None = None) -> int:

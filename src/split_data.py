@@ -28,13 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paths
 from .model_source import load_tokenizer
 from .runtime import (
     DataError,
     StageError,
-    add_bool_flag,
+    arg,
     atomic_path,
     check_range,
+    config_parser,
     stage_main,
 )
 from .sft_data import (
@@ -47,20 +49,18 @@ from .sft_data import (
     token_lengths,
 )
 
-DATA_DIR = Path("data/processed/sft")
-
 
 @dataclass
 class SplitConfig:
-    input: Path = DATA_DIR / "sft_genrm_train.jsonl"
-    train_out: Path = DATA_DIR / "sft_train.jsonl"
-    valid_out: Path = DATA_DIR / "sft_valid.jsonl"
-    rejects_out: Path = DATA_DIR / "sft_rejects.jsonl"
-    model: str = "checkpoints/base_model"
-    max_seq_length: int = 2048
-    valid_size: int = 500
-    seed: int = 0
-    fold_system: bool = False
+    input: Path = arg(paths.RAW, "the GenRM SFT rows (JSONL)")
+    train_out: Path = arg(paths.TRAIN_SPLIT, "training rows, written as read")
+    valid_out: Path = arg(paths.VALID_SPLIT, "held-out validation rows")
+    rejects_out: Path = arg(paths.REJECTS, "rows left out, each with its reason")
+    model: str = arg(paths.BASE, "model whose tokenizer and chat template measure row length")
+    max_seq_length: int = arg(2048, "rows longer than this many tokens are left out")
+    valid_size: int = arg(500, "validation rows (whole tasks and prompts stay on one side)")
+    seed: int = arg(0, "seed of the split")
+    fold_system: bool = arg(False, "fold a leading system message into the first user turn")
 
     def __post_init__(self) -> None:
         check_range("--max-seq-length", self.max_seq_length, 2)
@@ -249,21 +249,7 @@ def run(cfg: SplitConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = SplitConfig()
-    p = argparse.ArgumentParser(prog="python -m src.split_data", description=__doc__.split("\n")[0])
-    p.add_argument("--input", type=Path, default=d.input)
-    p.add_argument("--train-out", type=Path, default=d.train_out)
-    p.add_argument("--valid-out", type=Path, default=d.valid_out)
-    p.add_argument("--rejects-out", type=Path, default=d.rejects_out)
-    p.add_argument("--model", default=d.model, help="model whose tokenizer measures length")
-    p.add_argument("--max-seq-length", type=int, default=d.max_seq_length)
-    p.add_argument("--valid-size", type=int, default=d.valid_size)
-    p.add_argument("--seed", type=int, default=d.seed)
-    add_bool_flag(
-        p, "--fold-system", d.fold_system, "fold a leading system message into the first user turn"
-    )
-    p.add_argument("--metrics", type=Path, default=Path("metrics/split.json"))
-    return p
+    return config_parser(SplitConfig, "src.split_data", __doc__, "metrics/split.json")
 
 
 def main(argv: list[str] | None = None) -> int:

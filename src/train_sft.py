@@ -38,13 +38,15 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from . import paths
 from .base_model import QLORA_COMPUTE, load_base
 from .blas import blas_report, warn_if_slow_blas
 from .runtime import (
     StageError,
-    add_bool_flag,
+    arg,
     atomic_path,
     check_range,
+    config_parser,
     is_rank0,
     stage_main,
     write_json,
@@ -77,36 +79,38 @@ RESUMABLE_FIELDS = {
 
 @dataclass
 class TrainConfig:
-    model: str = "checkpoints/base_model"
-    train_data: Path = Path("data/processed/sft/sft_train.jsonl")
-    valid_data: Path = Path("data/processed/sft/sft_valid.jsonl")
-    adapter_path: Path = Path("checkpoints/sft_adapter")
-    state_dir: Path | None = None  # default: <adapter_path>_state
-    live_dir: Path = Path("metrics/live")
-    iters: int = 5000
-    batch_size: int = 4
-    grad_accum: int = 4
-    lora_layers: int = 16
-    rank: int = 16
-    scale: float = 20.0
-    dropout: float = 0.0
-    learning_rate: float = 2e-4
-    warmup_steps: int = 100
-    lr_schedule: str = "constant"
-    min_learning_rate: float = 0.0
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    max_seq_length: int = 2048
-    mask_prompt: bool = False
-    grad_checkpoint: bool = False
-    bits: int = 4
-    group_size: int = 64
-    qlora_compute: str = "auto"
-    seed: int = 0
-    steps_per_report: int = 10
-    steps_per_eval: int = 200
-    steps_per_save: int = 100
-    resume: bool = False
+    model: str = arg(paths.BASE, "the base model (a folder, or a Hub id)")
+    train_data: Path = arg(paths.TRAIN_SPLIT, "training rows (chat, completions or text JSONL)")
+    valid_data: Path = arg(paths.VALID_SPLIT, "validation rows, evaluated whole")
+    adapter_path: Path = arg(paths.ADAPTER, "the adapter folder written at the end")
+    state_dir: Path | None = arg(None, "resumable checkpoints (default: <adapter-path>_state)")
+    live_dir: Path = arg(paths.LIVE, "DVCLive's curves and live metrics")
+    iters: int = arg(5000, "micro-batches to train (mlx-lm's meaning)")
+    batch_size: int = arg(4, "rows per micro-batch")
+    grad_accum: int = arg(4, "micro-batches per optimizer update")
+    lora_layers: int = arg(16, "LoRA on the last N transformer layers")
+    rank: int = arg(16, "LoRA rank")
+    scale: float = arg(20.0, "LoRA scale")
+    dropout: float = arg(0.0, "LoRA dropout")
+    learning_rate: float = arg(2e-4, "peak learning rate")
+    warmup_steps: int = arg(100, "linear warmup, in optimizer updates")
+    lr_schedule: str = arg("constant", "after warmup", choices=SCHEDULES)
+    min_learning_rate: float = arg(0.0, "where the cosine schedule ends")
+    optimizer: str = arg("adam", "optimizer", choices=OPTIMIZERS)
+    weight_decay: float = arg(0.0, "weight decay (adamw, sgd)")
+    max_seq_length: int = arg(2048, "rows are cut to this many tokens")
+    mask_prompt: bool = arg(False, "train on the assistant's tokens only")
+    grad_checkpoint: bool = arg(False, "recompute activations in the backward pass (less memory)")
+    bits: int = arg(4, "quantize the base to this many bits (QLoRA); 0: plain LoRA")
+    group_size: int = arg(64, "quantization group size")
+    qlora_compute: str = arg(
+        "auto", "how 4-bit layers compute (auto: dequantized on the CPU)", choices=QLORA_COMPUTE
+    )
+    seed: int = arg(0, "seed of LoRA init, data order and dropout")
+    steps_per_report: int = arg(10, "iterations between train-loss reports")
+    steps_per_eval: int = arg(200, "iterations between validations")
+    steps_per_save: int = arg(100, "iterations between checkpoints (a multiple of --grad-accum)")
+    resume: bool = arg(False, "continue from the newest checkpoint in --state-dir")
 
     def __post_init__(self) -> None:
         for name in (
@@ -460,24 +464,7 @@ def _save_adapter_dir(cfg: TrainConfig, model, base: dict, state: TrainState, sp
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m src.train_sft", description=__doc__.split("\n")[0])
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(d, f.name)
-        if types[f.name] in ("bool", bool):
-            add_bool_flag(p, flag, default)
-        elif f.name in ("train_data", "valid_data", "adapter_path", "live_dir"):
-            p.add_argument(flag, type=Path, default=default)
-        elif f.name == "state_dir":
-            p.add_argument(
-                flag, type=lambda s: None if s in ("", "None", "null") else Path(s), default=None
-            )
-        else:
-            p.add_argument(flag, type=type(default), default=default)
-    p.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
-    return p
+    return config_parser(TrainConfig, "src.train_sft", __doc__, "metrics/train.json")
 
 
 def main(argv: list[str] | None = None) -> int:

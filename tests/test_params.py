@@ -137,3 +137,24 @@ def test_each_stage_depends_on_exactly_the_code_it_runs():
         assert listed <= code, (
             f"stage {name}: deps list code it never imports: {sorted(listed - code)}"
         )
+
+
+def test_dvc_yaml_paths_are_the_stages_defaults():
+    from src import paths
+
+    _, _, _, variables = _load()
+    assert variables == {k: str(v) for k, v in paths.DVC_VARS.items()}
+
+
+def test_every_stage_flag_is_documented():
+    """One CLI mechanism: each stage's parser comes from its typed config, and every flag has
+    a help text (plus the default, which argparse shows)."""
+    import argparse
+
+    for module in [*STAGE_MODULES.values(), "src.score"]:
+        parser = importlib.import_module(module).build_parser()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and action.help.strip(), f"{module} {action.option_strings}"
+        assert parser.formatter_class is argparse.ArgumentDefaultsHelpFormatter, module

@@ -1,0 +1,33 @@
+"""Where the pipeline's files live: the defaults of every stage's flags, in one place.
+
+dvc.yaml's ``vars`` name the same paths for DVC (it cannot import Python);
+``tests/test_params.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BASE = "checkpoints/base_model"  # a model: a folder, 'embedded' or a Hub id, hence a string
+RAW = Path("data/processed/sft/sft_genrm_train.jsonl")
+TRAIN_SPLIT = Path("data/processed/sft/sft_train.jsonl")
+VALID_SPLIT = Path("data/processed/sft/sft_valid.jsonl")
+REJECTS = Path("data/processed/sft/sft_rejects.jsonl")
+ADAPTER = Path("checkpoints/sft_adapter")
+STATE = Path("checkpoints/sft_adapter_state")
+MERGED = Path("checkpoints/sft_merged_model")
+LIVE = Path("metrics/live")
+METRICS = Path("metrics")
+
+# dvc.yaml var -> the path above
+DVC_VARS = {
+    "base": BASE,
+    "raw": RAW,
+    "train_split": TRAIN_SPLIT,
+    "valid_split": VALID_SPLIT,
+    "rejects": REJECTS,
+    "adapter": ADAPTER,
+    "state": STATE,
+    "merged": MERGED,
+    "live": LIVE,
+}
