@@ -47,7 +47,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .judge import auc, best_of_n, direct_scores, pairwise_accuracy, pearson, spearman, swap_pair
+from .judge import (
+    auc,
+    best_of_n,
+    chat_prompt_ids,
+    direct_scores,
+    pairwise_accuracy,
+    pearson,
+    spearman,
+    swap_pair,
+)
 from .runtime import DataError, StageError, arg, config_parser, stage_main, write_jsonl
 from .sft_data import CHAT, read_jsonl, validate_rows
 from .verdicts import NAMES, VerdictFormat, get_format, resolve
@@ -163,13 +172,7 @@ def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tu
     the seconds spent generating."""
     from mlx_lm.generate import batch_generate
 
-    prompt_ids = [
-        tokenizer.encode(
-            tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
-            add_special_tokens=False,
-        )
-        for c in conversations
-    ]
+    prompt_ids = chat_prompt_ids(tokenizer, conversations)
     texts, t0 = [], time.perf_counter()
     for start in range(0, len(prompt_ids), cfg.batch_size):
         batch = prompt_ids[start : start + cfg.batch_size]

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .genrm_sample import VERDICTS, judge_prompt
-from .judge import TOP_LOGPROBS, soft_verdict, value_token_ids
+from .judge import TOP_LOGPROBS, chat_prompt_ids, soft_verdict, value_token_ids
 from .runtime import StageError
 from .verdicts import VerdictFormat, get_format
 
@@ -160,6 +160,7 @@ class GenRM(_Judge):
         soft: bool = False,
     ):
         from .base_model import load_base
+        from .sft_loop import checked_head
 
         super().__init__(verdict, template, max_tokens, unparsed)
         if direct and self.fmt.template is None:
@@ -169,18 +170,12 @@ class GenRM(_Judge):
         # load_base: a quantized model is dequantized on the CPU, and the CPU computes in fp32
         self.model, self.tokenizer, _, _ = load_base(str(model), 0, 64)
         self.soft_values = _soft_values(self.tokenizer, self.fmt) if soft else None
+        self.head = checked_head(self.model) if direct else None  # checked once, not per batch
 
     def prompt_ids(self, user_turns: list[str]) -> list[list[int]]:
-        tok = self.tokenizer
-        return [
-            tok.encode(
-                tok.apply_chat_template(
-                    [{"role": "user", "content": u}], add_generation_prompt=True, tokenize=False
-                ),
-                add_special_tokens=False,
-            )
-            for u in user_turns
-        ]
+        return chat_prompt_ids(
+            self.tokenizer, [[{"role": "user", "content": u}] for u in user_turns]
+        )
 
     def judge(self, prompts: list, completions: list, references: list | None = None) -> list[dict]:
         """One record per pair: ``score`` in [0, 1] (None: no verdict), ``raw`` on the format's
@@ -232,7 +227,7 @@ class GenRM(_Judge):
     def _direct(self, batch: list[list[int]]) -> list[float]:
         from .judge import direct_scores
 
-        return direct_scores(self.model, self.tokenizer, batch, self.fmt, len(batch))
+        return direct_scores(self.model, self.tokenizer, batch, self.fmt, len(batch), self.head)
 
     def _bar(self, total: int):
         show = self.progress if self.progress is not None else total > 4 * self.batch_size

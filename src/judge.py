@@ -133,6 +133,17 @@ def value_paths(tokenizer, fmt: VerdictFormat) -> tuple[list[int], dict[str, lis
     return next(iter(enc.values()))[:common], paths
 
 
+def chat_prompt_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
+    """Each conversation rendered with the chat template, ready for the judge's reply."""
+    return [
+        tokenizer.encode(
+            tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False,
+        )
+        for c in conversations
+    ]
+
+
 def _next_token_probs(model, head, seqs: list[list[int]]):
     import mlx.core as mx
     import numpy as np
@@ -154,6 +165,7 @@ def direct_scores(
     prompt_ids: list[list[int]],
     fmt: VerdictFormat = SCORE10,
     batch_size: int = 16,
+    head="auto",
 ) -> list[float]:
     """Raw verdict expected without generating a critique, in the spirit of direct GenRM (Zhang
     et al. 2024): the model's probability of each verdict right after the verdict's own opening
@@ -161,13 +173,15 @@ def direct_scores(
     renormalized over the format's values: P(Yes) for ``yes_no``, P(A) (ties half) for
     ``pairwise``, the expected score for numeric formats. One forward pass per prompt, plus one
     per shared first token where values share it (``1`` and ``10`` with split digits). Also the
-    hook for best-of-N reranking."""
+    hook for best-of-N reranking. ``head``: the model's ``checked_head`` where the caller has it
+    (``"auto"``: checked here)."""
     import mlx.nn as nn
     import numpy as np
 
     from .sft_loop import checked_head
 
-    head = checked_head(model) if isinstance(model, nn.Module) else None
+    if isinstance(head, str):
+        head = checked_head(model) if isinstance(model, nn.Module) else None
     prefix, paths = value_paths(tokenizer, fmt)
     raw = fmt.direct_values()
     # Every proper prefix of a path needs the next-token distribution after it.
