@@ -194,9 +194,10 @@ def judge(
     texts, direct, seconds = _generate(
         model, tokenizer, [r["messages"][:-1] for r in rows], fmt, cfg
     )
-    texts_sw = direct_sw = None
+    texts_sw = direct_sw = scores_sw = None
     if swapped is not None:
         texts_sw, direct_sw, more = _generate(model, tokenizer, swapped, fmt, cfg)
+        scores_sw = [fmt.parse(t) for t in texts_sw]
         seconds += more
     scores = [fmt.parse(t) for t in texts]
     refs = [fmt.parse(r["messages"][-1]["content"]) for r in rows]
@@ -215,11 +216,11 @@ def judge(
         if direct is not None:
             rec["direct_score"] = round(direct[i], 4)
         if swapped is not None:
-            rec["judgement_swapped"], rec["score_swapped"] = texts_sw[i], fmt.parse(texts_sw[i])
+            rec["judgement_swapped"], rec["score_swapped"] = texts_sw[i], scores_sw[i]
             if direct is not None:
                 rec["direct_score_swapped"] = round(direct_sw[i], 4)
     if fmt.name == "pairwise":
-        metrics = _pairwise_metrics(scores, refs, direct, texts_sw, direct_sw)
+        metrics = _pairwise_metrics(scores, refs, direct, scores_sw, direct_sw)
     else:
         metrics = _pointwise_metrics(fmt, scores, refs, direct, meta)
     metrics["generation_seconds"] = round(seconds, 2)
@@ -286,13 +287,10 @@ def _credit(judged: float | None, truth: float) -> float:
     return float((judged > 0.5) == (truth > 0.5))
 
 
-def _pairwise_metrics(scores, refs, direct, texts_sw, direct_sw) -> dict:
-    from .verdicts import FORMATS
-
-    fmt = FORMATS["pairwise"]
+def _pairwise_metrics(scores, refs, direct, scores_sw, direct_sw) -> dict:
     keep = [i for i, r in enumerate(refs) if r is not None and r != 0.5]  # tie references: no truth
     given = [_credit(scores[i], refs[i]) for i in keep]
-    judged = scores + ([fmt.parse(t) for t in texts_sw] if texts_sw is not None else [])
+    judged = scores + (scores_sw or [])
     metrics = {
         "n_eval": len(scores),
         "n_parsed": sum(s is not None for s in scores),
@@ -302,8 +300,8 @@ def _pairwise_metrics(scores, refs, direct, texts_sw, direct_sw) -> dict:
     }
     truth = [int(refs[i] > 0.5) for i in keep]
     auc_scores, auc_truth = ([direct[i] for i in keep], truth) if direct is not None else ([], [])
-    if texts_sw is not None:
-        sw = [fmt.parse(texts_sw[i]) for i in keep]
+    if scores_sw is not None:
+        sw = [scores_sw[i] for i in keep]
         swapped = [_credit(s, 1 - refs[i]) for s, i in zip(sw, keep, strict=True)]
         metrics["pairwise_accuracy_swapped"] = _rate(sum(swapped), len(keep))
         metrics["pairwise_accuracy"] = _rate(sum(given) + sum(swapped), 2 * len(keep))

@@ -18,6 +18,8 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .verdicts import FORMATS
+
 GRADING_INSTRUCTION = (
     "Judge whether the response solves the task correctly. "
     'Write a short critique, then end with a line "Score: N/10".'
@@ -34,23 +36,18 @@ REFERENCE_INSTRUCTION = (
 CORRECT_SCORES = (8, 9, 10)
 INCORRECT_SCORES = (1, 2, 3)
 
-# The verdict formats the generator can write (``--verdict``; src/verdicts.py reads them all):
-# how the instruction ends, and the verdict line for a correct / an incorrect response.
+# The verdict formats the generator can write (``--verdict``): how the instruction ends, and the
+# verdict values for a correct / an incorrect response. The verdict line itself is the format's
+# own template in src/verdicts.py, which reads them all.
 VERDICTS = {
-    "score10": ('end with a line "Score: N/10".', "Score: {}/10", CORRECT_SCORES, INCORRECT_SCORES),
+    "score10": ('end with a line "Score: N/10".', CORRECT_SCORES, INCORRECT_SCORES),
     "yes_no": (
         'end with the line "Is the answer correct (Yes/No)?" and your answer.',
-        "Is the answer correct (Yes/No)? {}",
         ("Yes",),
         ("No",),
     ),
-    "result5": ('end with "[RESULT] N", N from 1 to 5.', "[RESULT] {}", (4, 5), (1, 2)),
-    "rating10": (
-        'end with "Rating: [[N]]", N from 1 to 10.',
-        "Rating: [[{}]]",
-        (8, 9, 10),
-        (1, 2, 3),
-    ),
+    "result5": ('end with "[RESULT] N", N from 1 to 5.', (4, 5), (1, 2)),
+    "rating10": ('end with "Rating: [[N]]", N from 1 to 10.', (8, 9, 10), (1, 2, 3)),
 }
 PAIRWISE_INSTRUCTION = (
     "Decide which response solves the task correctly. Write a short critique, then end with "
@@ -236,10 +233,10 @@ def _row(
     reference: bool = False,
     verdict: str = "score10",
 ) -> dict:
-    _, line, good, bad = VERDICTS[verdict]
+    _, good, bad = VERDICTS[verdict]
     value = rng.choice(good if correct else bad)
     critique = f"Critique: {_critique_body(task, response, correct, reference)}\n"
-    critique += line.format(value)
+    critique += FORMATS[verdict].template.format(value)
     prompt = judge_prompt(task.question, response, verdict, task.answer if reference else None)
     return {
         "messages": [
@@ -273,7 +270,10 @@ def _pairwise_row(
     return {
         "messages": [
             {"role": "user", "content": prompt},
-            {"role": "assistant", "content": f"Critique: {body}\n[[{good}]]"},
+            {
+                "role": "assistant",
+                "content": f"Critique: {body}\n" + FORMATS["pairwise"].template.format(good),
+            },
         ],
         "metadata": {
             "task_id": task_id,

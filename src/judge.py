@@ -8,7 +8,6 @@ from collections import defaultdict
 from .verdicts import FORMATS, VerdictFormat
 
 SCORE10 = FORMATS["score10"]
-CORRECT_AT = SCORE10.positive_at  # kept for callers of the Score: N/10 era
 
 
 def parse_score(text: str) -> float | None:
