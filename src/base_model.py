@@ -3,6 +3,7 @@ quantization, so the train and fuse stages cannot disagree about what "the base"
 
 from __future__ import annotations
 
+from . import cpu_kernels
 from .model_source import resolve_model
 from .runtime import StageError
 
@@ -39,6 +40,7 @@ def load_base(model: str, bits: int, group_size: int, compute: str = "auto"):
         net = dequantize_model(net)
     if not quantized or compute == "dequantized":
         cpu_float32(net)
+    fast_kernels = cpu_kernels.install(net)
     info = {
         "path": str(path),
         "quantized_base": quantized,
@@ -47,6 +49,7 @@ def load_base(model: str, bits: int, group_size: int, compute: str = "auto"):
         "base_quantization": config.get("quantization"),
         "base_dtype": str(dtype).removeprefix("mlx.core."),
         "compute_dtype": str(weights_dtype(net)).removeprefix("mlx.core."),
+        "cpu_kernels": fast_kernels,  # src/cpu_kernels.py: float32 SwiGLU/attention on the CPU
     }
     return net, tokenizer, config, info
 

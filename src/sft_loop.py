@@ -22,25 +22,27 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .cpu_kernels import exp_nonpositive
 from .runtime import StageError, atomic_path, is_rank0
 
 
 @mx.custom_function
 def token_cross_entropy(logits, targets):
     """Per-position cross-entropy, as ``nn.losses.cross_entropy``, but with one ``exp`` pass
-    over the logits instead of two.
+    over the logits instead of two, and that one vectorized.
 
     MLX differentiates ``logsumexp`` by recomputing the softmax, i.e. a second ``exp`` over every
     logit. On MLX's CPU backend ``exp`` is a scalar single-threaded kernel (~17 ns/element, 4-6x
     numpy's), so over a 16k-32k vocabulary that second pass is ~10% of a LoRA step. Here the
     forward keeps the softmax it already computed and the backward reuses it (same memory: the
-    logits, which the stock backward keeps, are no longer needed by it). Used on the CPU only: on
-    Metal and CUDA ``exp`` is cheap and the stock fused ``logsumexp`` needs less memory.
+    logits, which the stock backward keeps, are no longer needed by it), and the ``exp`` is
+    src/cpu_kernels.py's arithmetic one. Used on the CPU only: on Metal and CUDA ``exp`` is cheap
+    and the stock fused ``logsumexp`` needs less memory.
     Returns ``(float32 loss per position, softmax)``; callers use the first.
     """
     x = logits.astype(mx.float32)
     peak = mx.stop_gradient(x.max(axis=-1, keepdims=True))
-    e = mx.exp(x - peak)
+    e = exp_nonpositive(x - peak)  # MLX's exp on the CPU is scalar: src/cpu_kernels.py
     total = e.sum(axis=-1, keepdims=True)
     picked = mx.take_along_axis(x, targets[..., None], axis=-1)
     ce = (peak + mx.log(total) - picked).squeeze(-1)
@@ -89,12 +91,16 @@ def checked_head(model):
     return head
 
 
+def trained_mask(offsets_lengths: np.ndarray, width: int) -> np.ndarray:
+    """``(rows, width)``: which targets ``masked_loss`` trains (the same rule as its mask)."""
+    steps = np.arange(1, width + 1)
+    return (steps >= offsets_lengths[:, 0:1]) & (steps < offsets_lengths[:, 1:])
+
+
 def trained_positions(offsets_lengths: np.ndarray, width: int, bucket: int = 32) -> np.ndarray:
     """Flat indices into the ``(rows, width)`` targets that ``masked_loss`` trains, padded with
     0 to a multiple of ``bucket`` (few distinct shapes, so few recompiles of the step)."""
-    steps = np.arange(1, width + 1)  # the same mask as masked_loss's
-    trained = (steps >= offsets_lengths[:, 0:1]) & (steps < offsets_lengths[:, 1:])
-    idx = np.flatnonzero(trained)
+    idx = np.flatnonzero(trained_mask(offsets_lengths, width))
     padded = np.zeros(max(bucket, bucket * -(-len(idx) // bucket)), np.int32)
     padded[: len(idx)] = idx
     return padded
