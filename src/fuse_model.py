@@ -147,15 +147,25 @@ def _adapter_off(model):
             m.scale = scale
 
 
-def _logits(model, batches) -> list:
+def _logits(model, batches) -> tuple[list, float]:
+    """Each batch's logits, and the perplexity of its trained tokens (the same forward pass:
+    one pass per model, not one for the logits and one for the perplexity)."""
     import mlx.core as mx
+    import numpy as np
 
-    out = []
+    from .sft_loop import token_cross_entropy, trained_mask
+
+    out, nll, count = [], 0.0, 0
     for batch, lengths in batches:
         logits = model(batch[:, :-1]).astype(mx.float32)
-        mx.eval(logits)
+        where = mx.array(np.flatnonzero(trained_mask(np.array(lengths), logits.shape[1])))
+        ce = token_cross_entropy(
+            logits.reshape(-1, logits.shape[-1])[where], batch[:, 1:].reshape(-1)[where]
+        )[0]
+        mx.eval(logits, ce)
+        nll, count = nll + ce.sum().item(), count + ce.size
         out.append((logits, lengths))
-    return out
+    return out, math.exp(nll / max(count, 1))
 
 
 def _max_diff(a: list, b: list) -> float:
@@ -197,7 +207,7 @@ def run(cfg: FuseConfig) -> dict:
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.utils import dequantize_model, save
 
-    from .sft_loop import BatchIterator, evaluate_full
+    from .sft_loop import BatchIterator, checked_head, evaluate_full
 
     adapter = _read_adapter(cfg.adapter_path)
     _check_save_path(cfg.save_path)
@@ -221,10 +231,9 @@ def run(cfg: FuseConfig) -> dict:
     verify_set = make_dataset(rows[: cfg.verify_rows], tokenizer, mask_prompt)
     full_set = make_dataset(rows, tokenizer, mask_prompt)
     batches = list(BatchIterator(0)(verify_set, cfg.batch_size, max_len))
-    ref_logits = _logits(ref, batches)
-    ref_ppl = math.exp(evaluate_full(ref, verify_set, cfg.batch_size, max_len))
+    ref_logits, ref_ppl = _logits(ref, batches)
     with _adapter_off(ref):
-        base_diff = _max_diff(_logits(ref, batches), ref_logits)
+        base_diff = _max_diff(_logits(ref, batches)[0], ref_logits)
 
     fused = ref
     fused.update_modules(
@@ -248,8 +257,9 @@ def run(cfg: FuseConfig) -> dict:
             k: v for k, v in config.items() if k not in ("quantization", "quantization_config")
         }
     fused.eval()
-    fused_diff = _max_diff(_logits(fused, batches), ref_logits)
-    fused_verify_ppl = math.exp(evaluate_full(fused, verify_set, cfg.batch_size, max_len))
+    fused_logits, fused_verify_ppl = _logits(fused, batches)
+    fused_diff = _max_diff(fused_logits, ref_logits)
+    del fused_logits, ref_logits
 
     problems = []
     if fused_diff > atol:
@@ -281,14 +291,18 @@ def run(cfg: FuseConfig) -> dict:
             file=sys.stderr,
         )
 
-    valid_ppl = math.exp(evaluate_full(fused, full_set, cfg.batch_size, max_len))
+    # Logits at the trained positions only (checked_head): the same loss, a fraction of the
+    # LM head's work.
+    valid_ppl = math.exp(
+        evaluate_full(fused, full_set, cfg.batch_size, max_len, checked_head(fused))
+    )
 
     # The road not taken: the adapter fused into the original full-precision weights.
     alt_ppl = None
     if bits and not info["prequantized_base"]:  # a base shipped quantized has no original
         alt, *_ = load_base(cfg.model, 0, group, "dequantized")
         alt = _with_adapter(alt, cfg.adapter_path)
-        alt_ppl = math.exp(evaluate_full(alt, full_set, cfg.batch_size, max_len))
+        alt_ppl = math.exp(evaluate_full(alt, full_set, cfg.batch_size, max_len, checked_head(alt)))
 
     samples = _generate(fused, tokenizer, rows, cfg.n_generations, cfg.max_tokens)
     if not (cfg.keep_quantized and bits):
