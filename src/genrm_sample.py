@@ -292,11 +292,17 @@ def generate_rows(
     long_fraction: float = 0.015,
     reference: bool = False,
     verdict: str = "score10",
+    direct: float = 0.0,
 ) -> Iterator[dict]:
     """Yield ``n_rows`` GenRM rows; correct and incorrect candidates are balanced.
     ``reference``: reference-guided rows (the correct answer in the prompt). ``verdict``: the
     verdict format the critiques end with (``VERDICTS`` or ``pairwise``: each row compares a
-    correct and a wrong response, the correct one first in half the rows).
+    correct and a wrong response, the correct one first in half the rows). ``direct``: the
+    fraction of rows whose judgement is the verdict line alone, without the critique (same
+    prompt): the model then learns both ways of judging, as Zhang et al.'s GenRM does, and its
+    verdict probability at the start of a reply (the direct score: one forward pass, no
+    generation) means something. Greedy generation still writes the critique, the more likely
+    start. ``direct=0`` gives the same bytes as before it existed.
 
     A task gets 1-3 candidate responses (pairwise: 1-3 comparisons), so pairwise comparisons and
     best-of-N exist. About ``long_fraction`` of the tasks are sorting tasks over hundreds of
@@ -307,6 +313,7 @@ def generate_rows(
     if verdict != "pairwise" and verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, pairwise; got {verdict!r}")
     rng = random.Random(seed)
+    short = random.Random(f"direct-{seed}")  # its own stream: the rows stay the same
     produced = 0
     task_index = 0
     next_correct = True
@@ -329,6 +336,9 @@ def generate_rows(
                 if not correct and response == task.answer:  # a "wrong" answer that is right
                     response = task.answer + "0"
                 row = _row(task_id, task, response, correct, rng, reference, verdict)
+            if direct and short.random() < direct:
+                reply = row["messages"][-1]
+                reply["content"] = reply["content"].rsplit("\n", 1)[-1]  # the verdict line
             yield row
             produced += 1
             if produced < n_rows and rng.random() < 0.01:

@@ -7,7 +7,8 @@ with ``dvc add``.
 Params: ``data.rows``, ``data.seed``, ``data.reference`` (reference-guided prompts: the correct
 answer is in the prompt and the judge compares; see ``src/genrm_sample.py``), ``data.verdict``
 (the verdict format the critiques end with: ``score10``, ``yes_no``, ``result5``, ``rating10`` or
-``pairwise``; see ``src/verdicts.py``).
+``pairwise``; see ``src/verdicts.py``), ``data.direct`` (the fraction of rows judged by the
+verdict line alone, without a critique).
 
     uv run python -m src.make_sample_data --rows 3000 --seed 0 \
         --out data/processed/sft/sft_genrm_train.jsonl
@@ -33,20 +34,30 @@ class SampleDataConfig:
     verdict: str = arg(
         "score10", "verdict format the critiques end with", choices=(*VERDICTS, "pairwise")
     )
+    direct: float = arg(0.0, "fraction of rows judged by the verdict line alone (no critique)")
     out: Path = arg(paths.RAW, "the JSONL written")
 
     def __post_init__(self) -> None:
         check_range("--rows", self.rows, 1)
+        check_range("--direct", self.direct, 0.0, 1.0)
         check_choice("--verdict", self.verdict, (*VERDICTS, "pairwise"))
 
 
 def run(cfg: SampleDataConfig) -> dict:
     generated = list(
-        generate_rows(cfg.rows, cfg.seed, reference=cfg.reference, verdict=cfg.verdict)
+        generate_rows(
+            cfg.rows, cfg.seed, reference=cfg.reference, verdict=cfg.verdict, direct=cfg.direct
+        )
     )
     write_jsonl(cfg.out, generated, dumps=dumps)
     labels = Counter(r["metadata"]["label"] for r in generated)
-    return {"n_rows": len(generated), "n_correct": labels[1], "n_incorrect": labels[0]}
+    n_direct = sum("\n" not in r["messages"][-1]["content"] for r in generated)
+    return {
+        "n_rows": len(generated),
+        "n_correct": labels[1],
+        "n_incorrect": labels[0],
+        "n_direct": n_direct,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
