@@ -14,7 +14,8 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-SMALL = {  # the default pipeline, shortened so the whole test takes about two minutes
+SMALL = {  # the default pipeline on the tiny Gemma, shortened: the whole test takes ~two minutes
+    "model": {"name": "embedded"},
     "data": {"rows": 400},
     "split": {"valid_size": 40},
     "train": {

@@ -124,6 +124,31 @@ def test_logits_at_trained_positions_only_give_the_same_loss_and_gradient(tiny_m
     assert masked_loss(model, batch, lengths, positions, None)[0].item() == want
 
 
+def test_grad_checkpoint_changes_memory_not_gradients(tiny_model, genrm_rows):
+    """train.grad_checkpoint recomputes activations in the backward pass: the loss and the LoRA
+    gradients are those of the plain backward (so the default may turn it off for speed)."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from src.sft_loop import checkpoint_layers
+
+    model, tok = load(str(tiny_model))
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": 4, "scale": 20.0, "dropout": 0.0})
+    for _, p in tree_flatten(model.trainable_parameters()):  # non-zero B: gradients flow
+        p += 0.01 * mx.random.normal(p.shape, key=mx.random.key(2))
+    batch, lengths = next(iter(BatchIterator(0)(make_dataset(genrm_rows[:4], tok, True), 4, 2048)))
+    grads = nn.value_and_grad(model, masked_loss)
+    (plain, _), g_plain = grads(model, batch, lengths)
+    checkpoint_layers(model)
+    (ckpt, _), g_ckpt = grads(model, batch, lengths)
+    assert abs(plain.item() - ckpt.item()) <= 1e-6 * abs(plain.item())
+    for (name, a), (_, b) in zip(tree_flatten(g_plain), tree_flatten(g_ckpt), strict=True):
+        assert mx.abs(a - b).max().item() <= 1e-5 * (1 + mx.abs(a).max().item()), name
+
+
 def test_batches_resume_at_the_same_data_position(tiny_model, genrm_rows):
     tok = load_tokenizer(str(tiny_model))
     ds = make_dataset(genrm_rows[:40], tok, mask_prompt=True)
