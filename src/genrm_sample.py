@@ -53,32 +53,45 @@ PAIRWISE_INSTRUCTION = (
     "Decide which response solves the task correctly. Write a short critique, then end with "
     '"[[A]]" if Response A is better or "[[B]]" if Response B is better.'
 )
+PAIRWISE_DIRECT_INSTRUCTION = (
+    "Decide which response solves the task correctly. Give no critique: write only "
+    '"[[A]]" if Response A is better or "[[B]]" if Response B is better.'
+)
 
 
 def judge_prompt(
-    question: str, response: str, verdict: str = "score10", reference: str | None = None
+    question: str,
+    response: str,
+    verdict: str = "score10",
+    reference: str | None = None,
+    direct: bool = False,
 ) -> str:
     """The user turn the sample judge is trained on: the task, the candidate response (and the
-    reference answer, for reference-guided grading), and the grading instruction."""
-    if verdict == "score10":  # the original wording, byte for byte
+    reference answer, for reference-guided grading), and the grading instruction (``direct``:
+    the verdict line only, no critique)."""
+    ask = (
+        "Judge whether the response is correct by comparing it with the reference answer."
+        if reference is not None
+        else "Judge whether the response solves the task correctly."
+    )
+    if direct:
+        what = VERDICTS[verdict][0].replace("end with", "write only", 1)
+        instruction = f"{ask} Give no critique: {what}"
+    elif verdict == "score10":  # the original wording, byte for byte
         instruction = REFERENCE_INSTRUCTION if reference is not None else GRADING_INSTRUCTION
     else:
-        ask = (
-            "Judge whether the response is correct by comparing it with the reference answer."
-            if reference is not None
-            else "Judge whether the response solves the task correctly."
-        )
         instruction = f"{ask} Write a short critique, then {VERDICTS[verdict][0]}"
     ref = f"Reference answer: {reference}\n\n" if reference is not None else ""
     return f"Task: {question}\n\n{ref}Response: {response}\n\n{instruction}"
 
 
-def pairwise_prompt(question: str, a: str, b: str, reference: str | None = None) -> str:
+def pairwise_prompt(
+    question: str, a: str, b: str, reference: str | None = None, direct: bool = False
+) -> str:
     """The user turn of a pairwise comparison: Response A, then Response B."""
     ref = f"Reference answer: {reference}\n\n" if reference is not None else ""
-    return (
-        f"Task: {question}\n\n{ref}[Response A]\n{a}\n\n[Response B]\n{b}\n\n{PAIRWISE_INSTRUCTION}"
-    )
+    ask = PAIRWISE_DIRECT_INSTRUCTION if direct else PAIRWISE_INSTRUCTION
+    return f"Task: {question}\n\n{ref}[Response A]\n{a}\n\n[Response B]\n{b}\n\n{ask}"
 
 
 @dataclass(frozen=True)
@@ -232,12 +245,15 @@ def _row(
     rng: random.Random,
     reference: bool = False,
     verdict: str = "score10",
+    direct: bool = False,
 ) -> dict:
     _, good, bad = VERDICTS[verdict]
     value = rng.choice(good if correct else bad)
-    critique = f"Critique: {_critique_body(task, response, correct, reference)}\n"
+    critique = "" if direct else f"Critique: {_critique_body(task, response, correct, reference)}\n"
     critique += FORMATS[verdict].template.format(value)
-    prompt = judge_prompt(task.question, response, verdict, task.answer if reference else None)
+    prompt = judge_prompt(
+        task.question, response, verdict, task.answer if reference else None, direct
+    )
     return {
         "messages": [
             {"role": "user", "content": prompt},
@@ -253,7 +269,12 @@ def _row(
 
 
 def _pairwise_row(
-    task_id: str, task: Task, wrong: str, a_correct: bool, reference: bool = False
+    task_id: str,
+    task: Task,
+    wrong: str,
+    a_correct: bool,
+    reference: bool = False,
+    direct: bool = False,
 ) -> dict:
     """Task with a correct and a wrong response; ``a_correct`` puts the correct one first."""
     a, b = (task.answer, wrong) if a_correct else (wrong, task.answer)
@@ -266,14 +287,12 @@ def _pairwise_row(
             f"Response A gives {a} and Response B gives {b}. {truth.capitalize()} is "
             f"{task.answer}, so Response {good} is correct and Response {bad} is wrong."
         )
-    prompt = pairwise_prompt(task.question, a, b, task.answer if reference else None)
+    prompt = pairwise_prompt(task.question, a, b, task.answer if reference else None, direct)
+    critique = "" if direct else f"Critique: {body}\n"
     return {
         "messages": [
             {"role": "user", "content": prompt},
-            {
-                "role": "assistant",
-                "content": f"Critique: {body}\n" + FORMATS["pairwise"].template.format(good),
-            },
+            {"role": "assistant", "content": critique + FORMATS["pairwise"].template.format(good)},
         ],
         "metadata": {
             "task_id": task_id,
@@ -298,11 +317,11 @@ def generate_rows(
     ``reference``: reference-guided rows (the correct answer in the prompt). ``verdict``: the
     verdict format the critiques end with (``VERDICTS`` or ``pairwise``: each row compares a
     correct and a wrong response, the correct one first in half the rows). ``direct``: the
-    fraction of rows whose judgement is the verdict line alone, without the critique (same
-    prompt): the model then learns both ways of judging, as Zhang et al.'s GenRM does, and its
+    fraction of rows that ask for the verdict line alone, without a critique (their instruction
+    says so): the model learns both ways of judging, as Zhang et al.'s GenRM does, and its
     verdict probability at the start of a reply (the direct score: one forward pass, no
-    generation) means something. Greedy generation still writes the critique, the more likely
-    start. ``direct=0`` gives the same bytes as before it existed.
+    generation) means something. Rows that ask for a critique always get one, so greedy
+    generation on them writes it. ``direct=0`` gives the same bytes as before it existed.
 
     A task gets 1-3 candidate responses (pairwise: 1-3 comparisons), so pairwise comparisons and
     best-of-N exist. About ``long_fraction`` of the tasks are sorting tasks over hundreds of
@@ -327,18 +346,16 @@ def generate_rows(
         for _ in range(rng.choice([1, 1, 2, 2, 3])):
             correct = next_correct
             next_correct = not next_correct
+            brief = bool(direct) and short.random() < direct
             if verdict == "pairwise":
                 wrong = task.wrong(rng)
                 wrong = wrong if wrong != task.answer else task.answer + "0"
-                row = _pairwise_row(task_id, task, wrong, correct, reference)
+                row = _pairwise_row(task_id, task, wrong, correct, reference, brief)
             else:
                 response = task.answer if correct else task.wrong(rng)
                 if not correct and response == task.answer:  # a "wrong" answer that is right
                     response = task.answer + "0"
-                row = _row(task_id, task, response, correct, rng, reference, verdict)
-            if direct and short.random() < direct:
-                reply = row["messages"][-1]
-                reply["content"] = reply["content"].rsplit("\n", 1)[-1]  # the verdict line
+                row = _row(task_id, task, response, correct, rng, reference, verdict, brief)
             yield row
             produced += 1
             if produced < n_rows and rng.random() < 0.01:
