@@ -144,20 +144,21 @@ def attention(queries, keys, values, scale: float, mask):
 
 def install(model) -> bool:
     """On the CPU, route the float32 SwiGLU and attention of ``model``'s mlx-lm architecture
-    module through the functions above. Returns whether anything was installed."""
+    module through the functions above. Returns whether the model now uses any of them (also
+    when an earlier call installed them for the same architecture)."""
     from mlx_lm.models import activations, base
 
     if mx.default_device() != mx.cpu or os.environ.get("GENRM_EXACT_KERNELS") == "1":
         return False
     module = importlib.import_module(type(model).__module__)
-    installed = False
     if getattr(module, "swiglu", None) is activations.swiglu:
         module.swiglu = _swiglu_cpu
-        installed = True
     if getattr(module, "scaled_dot_product_attention", None) is base.scaled_dot_product_attention:
         module.scaled_dot_product_attention = _attention_cpu
-        installed = True
-    return installed or getattr(module, "swiglu", None) is _swiglu_cpu
+    return (
+        getattr(module, "swiglu", None) is _swiglu_cpu
+        or getattr(module, "scaled_dot_product_attention", None) is _attention_cpu
+    )
 
 
 def _swiglu_cpu(gate, x):

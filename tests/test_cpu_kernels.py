@@ -164,3 +164,26 @@ def test_a_lora_training_step_gives_the_exact_gradient(restore_llama):
     assert abs(l0.item() - l1.item()) < 1e-5
     for (name, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g0), strict=True):
         assert mx.abs(a - b).max().item() <= 1e-4 * max(1e-3, mx.abs(b).max().item()), name
+
+
+def test_install_reports_true_for_every_model_it_routes():
+    """Gemma has no SwiGLU: only its attention is routed, and a second model of the same
+    architecture (evaluate loads the judge and the base) must still be reported as routed."""
+    from mlx_lm.models import gemma
+
+    args = gemma.ModelArgs(
+        model_type="gemma",
+        hidden_size=32,
+        num_hidden_layers=1,
+        intermediate_size=64,
+        num_attention_heads=2,
+        head_dim=16,
+        rms_norm_eps=1e-6,
+        vocab_size=50,
+        num_key_value_heads=1,
+    )
+    try:
+        assert cpu_kernels.install(gemma.Model(args))
+        assert cpu_kernels.install(gemma.Model(args))
+    finally:
+        gemma.scaled_dot_product_attention = base.scaled_dot_product_attention
