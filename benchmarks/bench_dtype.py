@@ -30,7 +30,7 @@ def main() -> None:
     import mlx.nn as nn
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from src.base_model import load_base
+    from src.modeling.load import load_base
 
     ids = mx.random.randint(0, 1000, (1, args.tokens + 1))
     for dtype in (mx.bfloat16, mx.float16, mx.float32):

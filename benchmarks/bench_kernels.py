@@ -1,5 +1,7 @@
-"""MLX's own CPU kernels against src/cpu_kernels.py (arithmetic-only SwiGLU and attention):
-forward, LoRA training step (with and without gradient checkpointing) and batched generation.
+"""MLX's own CPU kernels against src/modeling/kernels.py (arithmetic-only SwiGLU, attention and
+loss exp), bound per model (``model.cpu_kernels: fast``) and, for comparison, swapped into mlx-lm's
+module for the whole process as this project did before: forward, LoRA training step (with and
+without gradient checkpointing) and batched generation.
 
     uv run python benchmarks/bench_kernels.py [--model checkpoints/base_model] [--tokens 160]
 
@@ -11,7 +13,6 @@ quarter of each row, as in a GenRM row), Adam, compiled; batch 4 x ``--tokens``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from functools import partial
@@ -31,31 +32,46 @@ def _seconds(fn, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
-def measure(model_path: str, tokens: int, steps: int, fast: bool) -> dict:
+def measure(model_path: str, tokens: int, steps: int, mode: str) -> dict:
+    """``mode``: ``exact`` (MLX's kernels), ``fast`` (``cpu_kernels: fast``, bound into this
+    model only) or ``patch`` (the same functions swapped into mlx-lm's module for the whole
+    process, as this project did before the option existed; undone at the end)."""
     import importlib
 
+    from mlx_lm.models import activations, base
+
+    from src.modeling import kernels
+    from src.modeling.load import load_base
+
+    bound = "fast" if mode == "fast" else "exact"
+    model, tokenizer, _, _ = load_base(model_path, 0, 64, kernels=bound)
+    module = importlib.import_module(type(model).__module__)
+    if mode == "patch":
+        module.swiglu = kernels._swiglu_cpu
+        module.scaled_dot_product_attention = kernels._attention_cpu
+    try:
+        return _measure(model, tokenizer, tokens, steps, "exact" if mode == "exact" else "fast")
+    finally:
+        module.swiglu = activations.swiglu
+        module.scaled_dot_product_attention = base.scaled_dot_product_attention
+
+
+def _measure(model, tokenizer, tokens: int, steps: int, loss_kernels: str) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
     import numpy as np
     from mlx_lm.generate import batch_generate
-    from mlx_lm.models import activations, base
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from src.base_model import load_base
-    from src.sft_loop import checked_head, checkpoint_layers, masked_loss, trained_positions
+    from src.modeling.head import checked_head, trained_positions
+    from src.modeling.losses import masked_loss
+    from src.training.loop import checkpoint_layers
 
-    os.environ["GENRM_EXACT_KERNELS"] = "0" if fast else "1"
-    model, tokenizer, _, info = load_base(model_path, 0, 64)
-    module = importlib.import_module(type(model).__module__)
-    if not fast:  # a previous measure() may have installed them in this process
-        module.swiglu = activations.swiglu
-        module.scaled_dot_product_attention = base.scaled_dot_product_attention
     rows = 4
     batch = mx.random.randint(0, 1000, (rows, tokens + 1))
     lengths = np.array([[tokens * 3 // 4, tokens + 1]] * rows)
-    out = {"kernels": "src/cpu_kernels.py" if info["cpu_kernels"] else "MLX"}
-    out["forward tok/s"] = rows * tokens / _seconds(lambda: model(batch[:, :-1]), steps)
+    out = {"forward tok/s": rows * tokens / _seconds(lambda: model(batch[:, :-1]), steps)}
 
     prompts = [list(range(10 + i, 10 + i + tokens)) for i in range(8)]
     t = time.perf_counter()
@@ -70,7 +86,8 @@ def measure(model_path: str, tokens: int, steps: int, fast: bool) -> dict:
         if checkpointing:
             checkpoint_layers(model)
         opt = optim.Adam(learning_rate=1e-5)
-        grad = nn.value_and_grad(model, partial(masked_loss, head=head))
+        loss = partial(masked_loss, head=head, kernels=loss_kernels)
+        grad = nn.value_and_grad(model, loss)
         state = [model.state, opt.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
@@ -90,13 +107,14 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=160)
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args()
-    results = [measure(args.model, args.tokens, args.steps, fast) for fast in (False, True)]
-    print("| | " + " | ".join(r["kernels"] for r in results) + " | speed-up |")
-    print("|---|---|---|---|")
-    for key in list(results[0])[1:]:
-        a, b = results[0][key], results[1][key]
-        gain = a / b if key.endswith(" s") else b / a
-        print(f"| {key} | {a:.1f} | {b:.1f} | {gain:.2f}x |")
+    modes = ("exact", "patch", "fast")
+    results = [measure(args.model, args.tokens, args.steps, mode) for mode in modes]
+    print("| | MLX (exact) | process-wide patch (before) | cpu_kernels: fast | fast / patch |")
+    print("|---|---|---|---|---|")
+    for key in results[0]:
+        exact, patch, fast = (r[key] for r in results)
+        ratio = patch / fast if key.endswith(" s") else fast / patch
+        print(f"| {key} | {exact:.1f} | {patch:.1f} | {fast:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import src  # noqa: E402,F401  (fast BLAS preload, quiet transformers)
-from src.genrm_sample import dumps, generate_rows  # noqa: E402
-from src.model_source import load_tokenizer  # noqa: E402
+from src.data.sample import generate_rows
+from src.data.sft import (  # noqa: E402
+    CHAT,
+    dumps,  # noqa: E402
+    fast_renderer,
+    token_lengths,
+)
+from src.modeling.source import load_tokenizer  # noqa: E402
 from src.prepare_model import PrepareModelConfig  # noqa: E402
 from src.prepare_model import run as prepare_model  # noqa: E402
-from src.sft_data import CHAT, fast_renderer, token_lengths  # noqa: E402
 from src.split_data import SplitConfig  # noqa: E402
 from src.split_data import run as split  # noqa: E402
 

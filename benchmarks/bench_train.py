@@ -85,8 +85,8 @@ def build_model(out: Path, shape: dict) -> int:
     in ``DTYPE`` (numpy would take about a minute for the 2B shape)."""
     import mlx.core as mx
 
-    from src.genrm_sample import generate_rows, render_text
-    from src.tiny_gemma import TinyGemmaConfig, _weights, build_tiny_gemma, hf_config
+    from src.data.sample import generate_rows, render_text
+    from src.modeling.tiny_gemma import TinyGemmaConfig, _weights, build_tiny_gemma, hf_config
 
     corpus = [render_text(r) for r in generate_rows(2000, seed=10_000)]
     build_tiny_gemma(out, TinyGemmaConfig(), corpus)
@@ -311,7 +311,7 @@ def mlx_lm_cli(
     config.write_text(f"lora_parameters:\n  rank: {RANK}\n  scale: 20.0\n  dropout: 0.0\n")
     env = {}
     if preload:
-        from src.blas import _candidates
+        from src.modeling.blas import _candidates
 
         env["LD_PRELOAD"] = _candidates()[0]
     out = _run(
@@ -415,7 +415,7 @@ def main() -> None:
     BATCH, SEQ, DTYPE = args.batch, args.seq, args.dtype
 
     import src  # noqa: F401  (MKL preload before mlx.core)
-    from src.blas import blas_report
+    from src.modeling.blas import blas_report
 
     peak, where = gemm_peak()
     print(f"GEMM peak (MLX, {where}): {peak / 1e9:.1f} GFLOP/s  [BLAS: {blas_report()}]")

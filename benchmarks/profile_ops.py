@@ -117,7 +117,7 @@ def _step_ms(model_dir: Path, act, batch: int, seq: int, layers: int) -> float:
     from mlx_lm.models import gemma
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from src.sft_loop import masked_loss
+    from src.modeling.losses import masked_loss
 
     original = gemma.MLP.__call__
     gemma.MLP.__call__ = lambda self, x: self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))

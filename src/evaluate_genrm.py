@@ -3,10 +3,10 @@
 Reads the merged model and the validation split (held out from every gradient update; the fused
 model is the final adapter, so validation rows never selected it). For each row the judge writes
 its verdict with greedy decoding (mlx-lm's ``batch_generate``) and the verdict is read in the
-data's own format (``eval.verdict``, ``src/verdicts.py``): ``auto`` detects it from the reference
-judgements; a format that parses too few of them stops the stage with what each format parsed,
-rather than report metrics against nothing. The format is recorded as ``verdict_format_<name>: 1``
-in the metrics and in every judgement record.
+data's own format (``eval.verdict``, ``src/judging/verdicts.py``): ``auto`` detects it from the
+reference judgements; a format that parses too few of them stops the stage with what each format
+parsed, rather than report metrics against nothing. The format is recorded as
+``verdict_format_<name>: 1`` in the metrics and in every judgement record.
 
 Pointwise data (one response per row; ``metadata.label`` 1 if it is correct):
 
@@ -20,7 +20,7 @@ Pointwise data (one response per row; ``metadata.label`` 1 if it is correct):
 - ``best_of_n_accuracy`` (``_direct_``: by direct score): on tasks with several candidates, is
   the top-scored one correct; ``best_of_n_random`` and ``best_of_n_oracle`` beside it;
 - ``direct_auc``, ``direct_pearson``, ``direct_spearman``: of a generation-free score (P(Yes), the
-  expected score: one forward pass, ``src/judge.py``).
+  expected score: one forward pass, ``src/judging/scores.py``).
 
 Pairwise data (``[[A]]``/``[[B]]`` references): each row is judged in its own order and, where
 ``metadata.response_a``/``response_b`` give the two responses, with them swapped;
@@ -47,19 +47,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .judge import (
-    auc,
-    best_of_n,
-    chat_prompt_ids,
-    direct_scores,
-    pairwise_accuracy,
-    pearson,
-    spearman,
-    swap_pair,
+from .data.sft import CHAT, read_jsonl, validate_rows
+from .judging.metrics import auc, best_of_n, pairwise_accuracy, pearson, spearman
+from .judging.prompts import swap_pair
+from .judging.scores import chat_prompt_ids, direct_scores
+from .judging.verdicts import NAMES, VerdictFormat, get_format, resolve
+from .modeling.kernels import KERNELS, kernels_arg
+from .runtime import (
+    DataError,
+    arg,
+    check_choice,
+    check_range,
+    config_parser,
+    stage_main,
+    write_jsonl,
 )
-from .runtime import DataError, StageError, arg, config_parser, stage_main, write_jsonl
-from .sft_data import CHAT, read_jsonl, validate_rows
-from .verdicts import NAMES, VerdictFormat, get_format, resolve
 
 
 @dataclass
@@ -81,13 +83,13 @@ class EvalConfig:
     verdict_pattern: str = arg("", "with --verdict regex: a regex whose one group is the number")
     verdict_min: float = arg(0.0, "with --verdict regex: lowest score")
     verdict_max: float = arg(10.0, "with --verdict regex: highest score")
+    cpu_kernels: str = kernels_arg()
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise StageError(f"--{name.replace('_', '-')} must be >= 1.")
-        if self.limit < 0:
-            raise StageError("--limit must be >= 0 (0 evaluates every row).")
+            check_range(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        check_range("--limit", self.limit, 0, hint="0 evaluates every row.")
+        check_choice("--cpu-kernels", self.cpu_kernels, KERNELS)
         if self.verdict != "auto":
             get_format(self.verdict, self.verdict_pattern, self.verdict_min, self.verdict_max)
 
@@ -106,7 +108,7 @@ def _of_pairs(f, pairs: list[tuple]) -> float | None:
 
 
 def run(cfg: EvalConfig) -> dict:
-    from .base_model import load_base
+    from .modeling.load import load_base
 
     numbered = read_jsonl(cfg.data)
     if validate_rows(numbered, cfg.data) != CHAT:
@@ -128,10 +130,10 @@ def run(cfg: EvalConfig) -> dict:
     swapped = swapped_prompts(numbered, cfg.data) if fmt.name == "pairwise" else None
     rows = [r for _, r in numbered]
     # load_base: quantized models are dequantized on the CPU, and the CPU computes in float32
-    model, tokenizer, _, _ = load_base(cfg.model, 0, 64)
+    model, tokenizer, _, _ = load_base(cfg.model, 0, 64, kernels=cfg.cpu_kernels)
     metrics, records = judge(model, tokenizer, rows, fmt, cfg, swapped)
     if cfg.base_model:
-        base, base_tok, _, _ = load_base(cfg.base_model, 0, 64)
+        base, base_tok, _, _ = load_base(cfg.base_model, 0, 64, kernels=cfg.cpu_kernels)
         base_metrics, base_records = judge(base, base_tok, rows, fmt, cfg, swapped)
         metrics.update({f"base_{k}": v for k, v in base_metrics.items()})
         for rec, base_rec in zip(records, base_records, strict=True):

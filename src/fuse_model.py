@@ -35,17 +35,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .base_model import load_base
+from .data.batches import BatchIterator
+from .data.sft import make_dataset, read_jsonl, validate_rows
+from .judging.card import JudgeCard
+from .judging.scores import chat_prompt_ids
+from .modeling.head import checked_head, trained_mask
+from .modeling.kernels import KERNELS, kernels_arg
+from .modeling.load import load_base
+from .modeling.losses import mean_loss, perplexity, token_cross_entropy
 from .runtime import (
     DataError,
     StageError,
     arg,
     atomic_path,
+    check_choice,
+    check_range,
     config_parser,
     stage_main,
     write_json,
 )
-from .sft_data import make_dataset, read_jsonl, validate_rows
 
 MARKER = "fuse_info.json"  # written into every model this stage saves
 
@@ -72,14 +80,12 @@ class FuseConfig:
     batch_size: int = arg(8, "rows per forward pass")
     logit_atol: float | None = arg(None, "max |logit difference| allowed (default: by dtype)")
     ppl_rtol: float | None = arg(None, "relative perplexity difference allowed (default: by dtype)")
+    cpu_kernels: str = kernels_arg()
 
     def __post_init__(self) -> None:
-        if self.fuse_into not in ("quantized", "original"):
-            raise StageError(
-                f"--fuse-into must be 'quantized' or 'original', got {self.fuse_into!r}."
-            )
-        if self.verify_rows < 1:
-            raise StageError(f"--verify-rows must be >= 1, got {self.verify_rows}.")
+        check_choice("--fuse-into", self.fuse_into, ("quantized", "original"))
+        check_choice("--cpu-kernels", self.cpu_kernels, KERNELS)
+        check_range("--verify-rows", self.verify_rows, 1)
 
 
 def _tolerances(dtype, cfg: FuseConfig) -> tuple[float, float]:
@@ -147,21 +153,19 @@ def _adapter_off(model):
             m.scale = scale
 
 
-def _logits(model, batches) -> tuple[list, float]:
+def _logits(model, batches, kernels: str) -> tuple[list, float]:
     """Each batch's logits, and the perplexity of its trained tokens (the same forward pass:
     one pass per model, not one for the logits and one for the perplexity)."""
     import mlx.core as mx
     import numpy as np
-
-    from .sft_loop import token_cross_entropy, trained_mask
 
     out, nll, count = [], 0.0, 0
     for batch, lengths in batches:
         logits = model(batch[:, :-1]).astype(mx.float32)
         where = mx.array(np.flatnonzero(trained_mask(np.array(lengths), logits.shape[1])))
         ce = token_cross_entropy(
-            logits.reshape(-1, logits.shape[-1])[where], batch[:, 1:].reshape(-1)[where]
-        )[0]
+            logits.reshape(-1, logits.shape[-1])[where], batch[:, 1:].reshape(-1)[where], kernels
+        )
         mx.eval(logits, ce)
         nll, count = nll + ce.sum().item(), count + ce.size
         out.append((logits, lengths))
@@ -189,7 +193,7 @@ def _generate(model, tokenizer, rows: list[dict], n: int, max_tokens: int) -> st
             if "messages" in row
             else [{"role": "user", "content": row.get("prompt", row.get("text", ""))}]
         )
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = chat_prompt_ids(tokenizer, [messages])[0]
         text = generate(model, tokenizer, prompt, max_tokens=max_tokens, verbose=False)
         reference = (
             row["messages"][-1]["content"] if "messages" in row else row.get("completion", "")
@@ -202,12 +206,92 @@ def _generate(model, tokenizer, rows: list[dict], n: int, max_tokens: int) -> st
     return "\n".join(parts)
 
 
+def _fuse(model, config: dict, keep_quantized: bool, bits: int, group: int):
+    """Merge every LoRA layer into its base layer: a full-precision model (the quantization
+    removed from ``config``), or with ``keep_quantized`` one re-quantized to ``bits``."""
+    from mlx.utils import tree_unflatten
+    from mlx_lm.utils import dequantize_model, quantize_model
+
+    merged = [
+        (n, m.fuse(dequantize=not keep_quantized))
+        for n, m in model.named_modules()
+        if hasattr(m, "fuse")
+    ]
+    model.update_modules(tree_unflatten(merged))
+    plain = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    if keep_quantized and bits:
+        return quantize_model(model, plain, group, bits)
+    return dequantize_model(model), plain
+
+
+def _verify(fused_diff, base_diff, fused_ppl, ref_ppl, atol, rtol, keep_quantized) -> None:
+    """Fail, before anything is written, unless the fused model is base + adapter."""
+    problems = []
+    if fused_diff > atol:
+        problems.append(f"max |logit difference| to base + adapter is {fused_diff:.3g} > {atol:g}")
+    if abs(fused_ppl / ref_ppl - 1) > rtol:
+        problems.append(
+            f"perplexity {fused_ppl:.4f} vs {ref_ppl:.4f} for base + adapter "
+            f"(relative tolerance {rtol:g})"
+        )
+    if base_diff > 0 and fused_diff > 0.5 * base_diff:
+        problems.append(
+            f"the fused model is as far from base + adapter ({fused_diff:.3g}) as the "
+            f"base without adapter is ({base_diff:.3g}): the adapter was lost"
+        )
+    if problems:
+        hint = (
+            " Fusing into a quantized base re-rounds the merged weights (mlx-lm issue 1172); "
+            "drop --keep-quantized."
+            if keep_quantized
+            else ""
+        )
+        raise StageError(
+            "fused model failed verification, nothing saved: " + "; ".join(problems) + "." + hint
+        )
+    if base_diff == 0:
+        print(
+            "WARNING: the adapter changes nothing (base and base + adapter give identical "
+            "logits); was it trained?",
+            file=sys.stderr,
+        )
+
+
+def _alternative_ppl(cfg: FuseConfig, group: int, full_set, max_len: int) -> float:
+    """The road not taken: validation perplexity of the adapter fused into the original
+    full-precision weights."""
+    alt, *_ = load_base(cfg.model, 0, group, "dequantized", cfg.cpu_kernels)
+    alt = _with_adapter(alt, cfg.adapter_path)
+    loss = mean_loss(alt, full_set, cfg.batch_size, max_len, checked_head(alt), cfg.cpu_kernels)
+    return perplexity(loss)
+
+
+def _write(cfg: FuseConfig, fused, tokenizer, config: dict, info: dict, fused_diff: float) -> int:
+    """The merged model in the Hugging Face layout, its fuse record and the judge's card;
+    returns the weights' size in bytes."""
+    from mlx_lm.utils import save
+
+    with atomic_path(cfg.save_path, is_dir=True) as tmp:
+        save(tmp, info["path"], fused, tokenizer, config, donate_model=False)
+        write_json(
+            tmp / MARKER,
+            {
+                "adapter_path": str(cfg.adapter_path),
+                "base": cfg.model,
+                "fuse_into": cfg.fuse_into,
+                "keep_quantized": cfg.keep_quantized,
+                "max_logit_diff": fused_diff,
+            },
+        )
+        card = JudgeCard.read(cfg.adapter_path)
+        if card is not None:  # the judge carries its format into the merged model
+            card.write(tmp)
+        return sum(f.stat().st_size for f in tmp.iterdir() if f.suffix == ".safetensors")
+
+
 def run(cfg: FuseConfig) -> dict:
     import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_unflatten
-    from mlx_lm.utils import dequantize_model, save
-
-    from .sft_loop import BatchIterator, checked_head, evaluate_full
+    from mlx.utils import tree_flatten
 
     adapter = _read_adapter(cfg.adapter_path)
     _check_save_path(cfg.save_path)
@@ -222,105 +306,39 @@ def run(cfg: FuseConfig) -> dict:
     rows = [r for _, r in numbered]
 
     # Reference: base + adapter (unfused), exactly as trained. Base: the same without adapter.
-    ref, tokenizer, config, info = load_base(cfg.model, bits, group, "dequantized")
+    ref, tokenizer, config, info = load_base(cfg.model, bits, group, "dequantized", cfg.cpu_kernels)
     ref = _with_adapter(ref, cfg.adapter_path)
-    # Verified in the dtype it computes in (float32 on the CPU, src/base_model.py), saved in the
-    # base's own dtype: rounding a merged bf16 model is the user's choice of dtype, not a bug.
+    # Verified in the dtype it computes in (float32 on the CPU, src/modeling/load.py), saved in
+    # the base's own dtype: rounding a merged bf16 model is the user's choice of dtype, not a bug.
     atol, rtol = _tolerances(getattr(mx, info["compute_dtype"]), cfg)
-
-    verify_set = make_dataset(rows[: cfg.verify_rows], tokenizer, mask_prompt)
     full_set = make_dataset(rows, tokenizer, mask_prompt)
+    verify_set = make_dataset(rows[: cfg.verify_rows], tokenizer, mask_prompt)
     batches = list(BatchIterator(0)(verify_set, cfg.batch_size, max_len))
-    ref_logits, ref_ppl = _logits(ref, batches)
+    ref_logits, ref_ppl = _logits(ref, batches, cfg.cpu_kernels)
     with _adapter_off(ref):
-        base_diff = _max_diff(_logits(ref, batches)[0], ref_logits)
+        base_diff = _max_diff(_logits(ref, batches, cfg.cpu_kernels)[0], ref_logits)
 
-    fused = ref
-    fused.update_modules(
-        tree_unflatten(
-            [
-                (name, m.fuse(dequantize=not cfg.keep_quantized))
-                for name, m in fused.named_modules()
-                if hasattr(m, "fuse")
-            ]
-        )
-    )
-    if cfg.keep_quantized and bits:
-        from mlx_lm.utils import quantize_model
-
-        fused, config = quantize_model(
-            fused, {k: v for k, v in config.items() if "quantiz" not in k}, group, bits
-        )
-    else:
-        fused = dequantize_model(fused)
-        config = {
-            k: v for k, v in config.items() if k not in ("quantization", "quantization_config")
-        }
+    fused, config = _fuse(ref, config, cfg.keep_quantized, bits, group)
     fused.eval()
-    fused_logits, fused_verify_ppl = _logits(fused, batches)
+    fused_logits, fused_ppl = _logits(fused, batches, cfg.cpu_kernels)
     fused_diff = _max_diff(fused_logits, ref_logits)
     del fused_logits, ref_logits
+    _verify(fused_diff, base_diff, fused_ppl, ref_ppl, atol, rtol, cfg.keep_quantized)
 
-    problems = []
-    if fused_diff > atol:
-        problems.append(f"max |logit difference| to base + adapter is {fused_diff:.3g} > {atol:g}")
-    if abs(fused_verify_ppl / ref_ppl - 1) > rtol:
-        problems.append(
-            f"perplexity {fused_verify_ppl:.4f} vs {ref_ppl:.4f} for base + adapter "
-            f"(relative tolerance {rtol:g})"
-        )
-    if base_diff > 0 and fused_diff > 0.5 * base_diff:
-        problems.append(
-            f"the fused model is as far from base + adapter ({fused_diff:.3g}) as the "
-            f"base without adapter is ({base_diff:.3g}): the adapter was lost"
-        )
-    if problems:
-        hint = (
-            " Fusing into a quantized base re-rounds the merged weights (mlx-lm issue 1172); "
-            "drop --keep-quantized."
-            if cfg.keep_quantized
-            else ""
-        )
-        raise StageError(
-            "fused model failed verification, nothing saved: " + "; ".join(problems) + "." + hint
-        )
-    if base_diff == 0:
-        print(
-            "WARNING: the adapter changes nothing (base and base + adapter give identical "
-            "logits); was it trained?",
-            file=sys.stderr,
-        )
-
-    # Logits at the trained positions only (checked_head): the same loss, a fraction of the
-    # LM head's work.
-    valid_ppl = math.exp(
-        evaluate_full(fused, full_set, cfg.batch_size, max_len, checked_head(fused))
+    # Measure: logits at the trained positions only (checked_head), a fraction of the head's work.
+    head = checked_head(fused)
+    valid_ppl = perplexity(
+        mean_loss(fused, full_set, cfg.batch_size, max_len, head, cfg.cpu_kernels)
     )
-
-    # The road not taken: the adapter fused into the original full-precision weights.
     alt_ppl = None
     if bits and not info["prequantized_base"]:  # a base shipped quantized has no original
-        alt, *_ = load_base(cfg.model, 0, group, "dequantized")
-        alt = _with_adapter(alt, cfg.adapter_path)
-        alt_ppl = math.exp(evaluate_full(alt, full_set, cfg.batch_size, max_len, checked_head(alt)))
-
+        alt_ppl = _alternative_ppl(cfg, group, full_set, max_len)
     samples = _generate(fused, tokenizer, rows, cfg.n_generations, cfg.max_tokens)
+
     if not (cfg.keep_quantized and bits):
         fused.set_dtype(getattr(mx, info["base_dtype"]), lambda d: mx.issubdtype(d, mx.floating))
         config["torch_dtype"] = info["base_dtype"]
-    with atomic_path(cfg.save_path, is_dir=True) as tmp:
-        save(tmp, info["path"], fused, tokenizer, config, donate_model=False)
-        write_json(
-            tmp / MARKER,
-            {
-                "adapter_path": str(cfg.adapter_path),
-                "base": cfg.model,
-                "fuse_into": cfg.fuse_into,
-                "keep_quantized": cfg.keep_quantized,
-                "max_logit_diff": fused_diff,
-            },
-        )
-        size = sum(f.stat().st_size for f in tmp.iterdir() if f.suffix == ".safetensors")
+    size = _write(cfg, fused, tokenizer, config, info, fused_diff)
     with atomic_path(cfg.generations_out) as tmp:
         tmp.write_text(samples, encoding="utf-8")
 
@@ -328,7 +346,7 @@ def run(cfg: FuseConfig) -> dict:
         "max_logit_diff": fused_diff,
         "max_logit_diff_base": base_diff,
         "valid_ppl_reference_subset": round(ref_ppl, 6),
-        "valid_ppl_fused_subset": round(fused_verify_ppl, 6),
+        "valid_ppl_fused_subset": round(fused_ppl, 6),
         "valid_ppl": round(valid_ppl, 6),
         "n_params": int(sum(v.size for _, v in tree_flatten(fused.parameters()))),
         "size_mb": round(size / 1e6, 3),
@@ -339,7 +357,7 @@ def run(cfg: FuseConfig) -> dict:
     info = Path(cfg.adapter_path) / "run_info.json"
     train_loss = json.loads(info.read_text()).get("valid_loss") if info.is_file() else None
     if train_loss is not None:
-        metrics["valid_ppl_diff_vs_train"] = round(valid_ppl - math.exp(min(train_loss, 50.0)), 6)
+        metrics["valid_ppl_diff_vs_train"] = round(valid_ppl - perplexity(train_loss), 6)
     return metrics
 
 

@@ -5,9 +5,9 @@ file instead, see the README ("Your own data"): the file takes this stage's plac
 with ``dvc add``.
 
 Params: ``data.rows``, ``data.seed``, ``data.reference`` (reference-guided prompts: the correct
-answer is in the prompt and the judge compares; see ``src/genrm_sample.py``), ``data.verdict``
+answer is in the prompt and the judge compares; see ``src/data/sample.py``), ``data.verdict``
 (the verdict format the critiques end with: ``score10``, ``yes_no``, ``result5``, ``rating10`` or
-``pairwise``; see ``src/verdicts.py``), ``data.direct`` (the fraction of rows judged by the
+``pairwise``; see ``src/judging/verdicts.py``), ``data.direct`` (the fraction of rows judged by the
 verdict line alone, without a critique).
 
     uv run python -m src.make_sample_data --rows 3000 --seed 0 \
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .genrm_sample import VERDICTS, dumps, generate_rows
+from .data.sample import VERDICTS, generate_rows
+from .data.sft import dumps
 from .runtime import arg, check_choice, check_range, config_parser, stage_main, write_jsonl
 
 

@@ -17,7 +17,6 @@ ADAPTER = Path("checkpoints/sft_adapter")
 STATE = Path("checkpoints/sft_adapter_state")
 MERGED = Path("checkpoints/sft_merged_model")
 LIVE = Path("metrics/live")
-METRICS = Path("metrics")
 
 # dvc.yaml var -> the path above
 DVC_VARS = {

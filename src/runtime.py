@@ -28,6 +28,17 @@ class DataError(StageError):
         self.path, self.line, self.what, self.fix = str(path), line, what, fix
 
 
+def package_version(package: str) -> str | None:
+    """Installed version, or None: the stages also run where DVC is not installed (a CUDA box,
+    the other hosts of an ``mlx.launch`` run)."""
+    import importlib.metadata as md
+
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return None
+
+
 def is_rank0() -> bool:
     """True unless running as a non-zero rank under ``mlx.launch``."""
     import mlx.core as mx
@@ -81,7 +92,7 @@ def write_json(path: str | Path, obj: dict) -> None:
 def write_jsonl(path: str | Path, rows, dumps=json.dumps) -> None:
     """Write rows as JSON Lines (``jsonlines``' writer, ``dumps`` per row), atomically.
 
-    Reading stays ``sft_data.iter_jsonl_lines``: errors further down cite each row's file line
+    Reading stays ``src.data.sft.iter_jsonl_lines``: errors further down cite each row's file line
     and the split copies each row's original text, which ``jsonlines``' reader does not keep."""
     import jsonlines
 

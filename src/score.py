@@ -8,8 +8,10 @@ optional in both. Output: JSONL, one line per input line in the same order:
 no verdict) and ``raw`` on the verdict format's own scale; ``--soft`` adds ``soft_score`` (the
 probability-weighted verdict where the judge wrote it, e.g. P(Yes); formats whose verdicts are
 one token each), ``--direct`` scores without a critique (``judgement`` null). A bad row stops
-the command with ``file:line: what. Fix: how`` and nothing written. The Python interface:
-``src/genrm.py``.
+the command with ``file:line: what. Fix: how`` and nothing written. The verdict format and
+whether rows need a ``reference`` come from the judge's card (``genrm_judge.json``, written by
+train and fuse); ``--verdict`` and ``--allow-missing-reference`` override it. The Python
+interface: ``src/judging/genrm.py``.
 
     uv run python -m src.score --model checkpoints/sft_merged_model \\
         --input candidates.jsonl --output scores.jsonl [--direct]
@@ -22,17 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
+from .data.sft import chat_messages, read_jsonl
+from .judging.card import CARD, JudgeCard
+from .judging.verdicts import NAMES
+from .modeling.kernels import KERNELS, kernels_arg
 from .runtime import (
     DataError,
     StageError,
     arg,
     check_choice,
+    check_range,
     config_parser,
     stage_main,
     write_jsonl,
 )
-from .sft_data import read_jsonl
-from .verdicts import NAMES
 
 POINTWISE = tuple(n for n in NAMES if n not in ("pairwise", "regex"))  # built-in prompts
 
@@ -42,22 +47,32 @@ class ScoreConfig:
     model: str = arg(str(paths.MERGED), "the judge: a fused model folder")
     input: Path = arg(None, "JSONL of pairs to score", required=True)
     output: Path = arg(None, "JSONL of scores, one per input row", required=True)
-    verdict: str = arg("score10", "the verdict format the judge writes", choices=POINTWISE)
+    verdict: str | None = arg(
+        None,
+        "the verdict format the judge writes (default: the judge card's, genrm_judge.json in "
+        "the model folder)",
+        choices=POINTWISE,
+    )
     template: Path | None = arg(
         None,
         "file with the judge's prompt, {prompt} and {response} (and {reference}) in it "
-        "(default: the sample data's grading prompt for --verdict)",
+        "(default: the built-in grading prompt for the verdict format)",
     )
     direct: bool = arg(False, "score from verdict probabilities, no critique")
     soft: bool = arg(False, "also soft_score: the verdict's probabilities where it was written")
+    allow_missing_reference: bool = arg(
+        False, "judge rows without a reference although the judge was trained with one"
+    )
     max_tokens: int = arg(64, "judgement length")
     batch_size: int = arg(16, "pairs judged together")
+    cpu_kernels: str = kernels_arg()
 
     def __post_init__(self) -> None:
-        check_choice("--verdict", self.verdict, POINTWISE)
+        if self.verdict is not None:
+            check_choice("--verdict", self.verdict, POINTWISE)
+        check_choice("--cpu-kernels", self.cpu_kernels, KERNELS)
         for name in ("max_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise StageError(f"--{name.replace('_', '-')} must be >= 1.")
+            check_range(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         if self.direct and self.soft:
             raise StageError("--direct and --soft are two different scores: choose one.")
         if self.template is not None and not Path(self.template).is_file():
@@ -69,12 +84,9 @@ def read_pairs(path: Path) -> tuple[list[int], list, list, list | None]:
     lines, prompts, responses, refs = [], [], [], []
     for line, row in read_jsonl(path):
         if "messages" in row:
-            msgs = row["messages"]
-            ok = isinstance(msgs, list) and all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs
-            )
-            users = [m["content"] for m in msgs if m.get("role") == "user"] if ok else []
-            if not ok or not users or msgs[-1].get("role") != "assistant":
+            msgs = chat_messages(row["messages"])
+            users = [m["content"] for m in msgs or [] if m.get("role") == "user"]
+            if not users or msgs[-1].get("role") != "assistant":
                 raise DataError(
                     path,
                     line,
@@ -103,12 +115,40 @@ def read_pairs(path: Path) -> tuple[list[int], list, list, list | None]:
     return lines, prompts, responses, refs if any(r is not None for r in refs) else None
 
 
+def _check_references(cfg: ScoreConfig, lines: list[int], refs: list | None) -> None:
+    """A reference-guided judge (its card says so) needs a reference on every row."""
+    card = JudgeCard.read(cfg.model)
+    if card is None or not card.reference or cfg.allow_missing_reference:
+        return
+    missing = [n for n, r in zip(lines, refs or [None] * len(lines), strict=True) if r is None]
+    if missing:
+        raise DataError(
+            cfg.input,
+            missing[0],
+            f'no "reference" (and {len(missing) - 1} more rows without one), but this judge was '
+            f"trained to compare a response with a reference answer ({cfg.model}/{CARD})",
+            'add "reference": "<the correct answer>" to every row, or pass '
+            "--allow-missing-reference to judge without one",
+        )
+
+
 def run(cfg: ScoreConfig) -> dict:
-    from .genrm import GenRM
+    from .judging.genrm import GenRM
 
     lines, prompts, responses, refs = read_pairs(cfg.input)  # all rows checked before loading
+    _check_references(cfg, lines, refs)
     template = Path(cfg.template).read_text(encoding="utf-8") if cfg.template else None
-    judge = GenRM(cfg.model, cfg.verdict, template, cfg.direct, cfg.max_tokens, cfg.batch_size)
+    judge = GenRM(
+        cfg.model,
+        cfg.verdict,
+        template,
+        cfg.direct,
+        cfg.max_tokens,
+        cfg.batch_size,
+        soft=cfg.soft,
+        allow_missing_reference=cfg.allow_missing_reference,
+        cpu_kernels=cfg.cpu_kernels,
+    )
     try:
         records = judge.judge(prompts, responses, refs)
     except (KeyError, IndexError) as err:  # a template field the rows do not have
@@ -118,6 +158,9 @@ def run(cfg: ScoreConfig) -> dict:
     metrics = {"n_rows": len(records), "n_unparsed": len(records) - len(scored)}
     if scored:
         metrics["mean_score"] = round(sum(scored) / len(scored), 4)
+    soft = [r["soft_score"] for r in records if r.get("soft_score") is not None]
+    if cfg.soft:
+        metrics["n_soft"] = len(soft)
     return metrics
 
 

@@ -1,8 +1,8 @@
 """Split stage: the GenRM SFT file -> train / valid splits, filtering rows too long to train on.
 
 Recipe step 1. Reads ``data/processed/sft/sft_genrm_train.jsonl``; writes ``sft_train.jsonl``,
-``sft_valid.jsonl`` (500 rows), ``sft_rejects.jsonl`` (every dropped row and why) beside it, and
-``metrics/split.json``.
+``sft_valid.jsonl`` (``--valid-size`` rows; the recipe's 500), ``sft_rejects.jsonl`` (every
+dropped row and why) beside it, and ``metrics/split.json``.
 
 - Length is the token count of the full sequence exactly as the train stage tokenizes it (same
   tokenizer, same chat template, special tokens included); rows longer than ``--max-seq-length``
@@ -19,7 +19,6 @@ Params (``params.yaml``): ``split.*``, ``train.max_seq_length`` (the tokenizer i
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
-from .model_source import load_tokenizer
+from .data.sft import (
+    CHAT,
+    FormatChecker,
+    dumps,
+    fast_renderer,
+    fold_system,
+    iter_jsonl_lines,
+    prompt_key,
+    token_lengths,
+)
+from .modeling.source import load_tokenizer
 from .runtime import (
     DataError,
     StageError,
@@ -38,15 +47,6 @@ from .runtime import (
     check_range,
     config_parser,
     stage_main,
-)
-from .sft_data import (
-    CHAT,
-    FormatChecker,
-    fast_renderer,
-    fold_system,
-    iter_jsonl_lines,
-    prompt_key,
-    token_lengths,
 )
 
 
@@ -65,10 +65,6 @@ class SplitConfig:
     def __post_init__(self) -> None:
         check_range("--max-seq-length", self.max_seq_length, 2)
         check_range("--valid-size", self.valid_size, 1)
-
-
-def _dumps(row: dict) -> str:
-    return json.dumps(row, ensure_ascii=False, sort_keys=True)
 
 
 def _groups(keys: list[tuple]) -> list[int]:
@@ -152,7 +148,7 @@ def _read_and_measure(cfg: SplitConfig, tokenizer, chunk: int = 1024):
             if cfg.fold_system:
                 folded = fold_system(row)
                 if folded is not row:
-                    row, key = folded, _dumps(folded)
+                    row, key = folded, dumps(folded)
             rows.append((number, row))
             lines.append(key)
             if len(rows) % chunk == 0:
@@ -220,7 +216,7 @@ def run(cfg: SplitConfig) -> dict:
         atomic_path(cfg.valid_out) as v,
         atomic_path(cfg.rejects_out) as rj,
     ):
-        for path, part in ((t, train), (v, valid), (rj, [_dumps(r) for r in rejects])):
+        for path, part in ((t, train), (v, valid), (rj, [dumps(r) for r in rejects])):
             path.write_text("".join(line + "\n" for line in part), encoding="utf-8")
 
     lens = np.array(kept_lengths)

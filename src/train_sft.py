@@ -6,7 +6,7 @@ model; writes ``checkpoints/sft_adapter/`` (``adapters.safetensors``, ``adapter_
 and the curves through DVCLive in ``metrics/live/`` (``plots/metrics/*.tsv``, ``metrics.json``).
 
 Built on mlx-lm: ``load``, ``quantize_model``, ``linear_to_lora_layers``, ``evaluate``,
-``CacheDataset`` and its compiled training step. The loop is ours (``src/sft_loop.py``), with
+``CacheDataset`` and its compiled training step. The loop is ours (``src/training/``), with
 what mlx-lm gets wrong or lacks for us replaced there, each saying why: the loss (mlx-lm trains one
 padding token past each row), the batch iterator (resumable, whole validation set), checkpoints
 (mlx-lm saves adapter weights only; ours hold optimizer, iteration, RNG and data position too).
@@ -30,37 +30,35 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import platform
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import paths
-from .base_model import QLORA_COMPUTE, load_base
-from .blas import blas_report, warn_if_slow_blas
+from .data.sft import make_dataset, read_jsonl, validate_rows
+from .judging.card import JudgeCard
+from .modeling.blas import blas_report, warn_if_slow_blas
+from .modeling.head import checked_head
+from .modeling.kernels import KERNELS, kernels_arg
+from .modeling.load import QLORA_COMPUTE, load_base
+from .modeling.losses import perplexity
 from .runtime import (
     StageError,
     arg,
     atomic_path,
+    check_choice,
     check_range,
     config_parser,
     is_rank0,
+    package_version,
     stage_main,
     write_json,
 )
-from .sft_data import make_dataset, read_jsonl, validate_rows
-from .sft_loop import (
-    Checkpoints,
-    LoopSettings,
-    NonFiniteLoss,
-    Report,
-    TrainState,
-    checked_head,
-    train_loop,
-)
+from .training.loop import LoopSettings, NonFiniteLoss, train_loop
+from .training.report import Progress, StageReport
+from .training.state import Checkpoints, TrainState
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
 SCHEDULES = ("constant", "cosine")
@@ -106,6 +104,7 @@ class TrainConfig:
     qlora_compute: str = arg(
         "auto", "how 4-bit layers compute (auto: dequantized on the CPU)", choices=QLORA_COMPUTE
     )
+    cpu_kernels: str = kernels_arg()
     seed: int = arg(0, "seed of LoRA init, data order and dropout")
     steps_per_report: int = arg(10, "iterations between train-loss reports")
     steps_per_eval: int = arg(200, "iterations between validations")
@@ -134,12 +133,9 @@ class TrainConfig:
             ("optimizer", OPTIMIZERS),
             ("lr_schedule", SCHEDULES),
             ("qlora_compute", QLORA_COMPUTE),
+            ("cpu_kernels", KERNELS),
         ):
-            if getattr(self, name) not in allowed:
-                raise StageError(
-                    f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                    f"got {getattr(self, name)!r}."
-                )
+            check_choice(f"--{name.replace('_', '-')}", getattr(self, name), allowed)
         if self.bits not in (0, 2, 3, 4, 5, 6, 8):
             raise StageError(
                 f"--bits must be 0 (no quantization) or one of 2, 3, 4, 5, 6, 8; got {self.bits}."
@@ -201,7 +197,9 @@ def build_optimizer(cfg: TrainConfig):
 
 
 def load_model(cfg: TrainConfig):
-    model, tokenizer, _, info = load_base(cfg.model, cfg.bits, cfg.group_size, cfg.qlora_compute)
+    model, tokenizer, _, info = load_base(
+        cfg.model, cfg.bits, cfg.group_size, cfg.qlora_compute, cfg.cpu_kernels
+    )
     n_layers = len(model.layers)
     if cfg.lora_layers > n_layers:
         raise StageError(
@@ -223,17 +221,6 @@ def _load_split(path: Path, tokenizer, cfg: TrainConfig, name: str):
     return make_dataset(rows, tokenizer, cfg.mask_prompt), rows
 
 
-def _version(package: str) -> str | None:
-    """Installed version, or None: the stages also run where DVC is not installed (a CUDA box,
-    the other hosts of an ``mlx.launch`` run)."""
-    import importlib.metadata as md
-
-    try:
-        return md.version(package)
-    except md.PackageNotFoundError:
-        return None
-
-
 def _run_info(cfg: TrainConfig, base: dict) -> dict:
     import mlx.core as mx
 
@@ -243,7 +230,7 @@ def _run_info(cfg: TrainConfig, base: dict) -> dict:
         "model_source": json.loads(source.read_text()) if source.is_file() else None,
         "base": base,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "versions": {p: _version(p) for p in ("mlx", "mlx-lm", "dvc")},
+        "versions": {p: package_version(p) for p in ("mlx", "mlx-lm", "dvc")},
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(mx.default_device()),
@@ -272,102 +259,6 @@ def _adapter_config(cfg: TrainConfig, base: dict) -> dict:
     }
 
 
-class Progress:
-    """A live status line on a terminal; plain lines otherwise. Rank 0 only."""
-
-    def __init__(self, total: int):
-        self.total, self.live = total, sys.stderr.isatty() and is_rank0()
-        self.quiet = not is_rank0()
-
-    def step(self, it: int, loss: float, tok_s: float) -> None:
-        if self.live:
-            print(
-                f"\r  iter {it}/{self.total}  loss {loss:.3f}  {tok_s:,.0f} tok/s",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def line(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self.live:
-            print("\r\033[K", end="", file=sys.stderr)
-        print(text, flush=True)
-
-
-def _live(live_dir: Path):
-    """DVCLive's ``Live`` on ``live_dir``: it only logs (no experiment saving, no dvc.yaml edits:
-    the pipeline declares its outputs itself)."""
-    from dvclive import Live
-    from scmrepo.exceptions import SCMError
-
-    class _Live(Live):
-        # DVCLive 3.49 reads the Git HEAD before it checks that the repo has a commit, so the
-        # first `dvc repro` right after `git init` would crash here. There it logs without the
-        # Git link, which only serves the experiment saving turned off above.
-        def _init_dvc(self):
-            try:
-                super()._init_dvc()
-            except SCMError:
-                self._dvc_repo = None
-
-    return _Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
-
-
-class StageReport(Report):
-    """The training log on the console, and the curves through DVCLive (``--live-dir``): its
-    ``plots/metrics/*.tsv`` are what ``dvc plots`` draws, and its ``metrics.json`` (the latest
-    value of each) is rewritten at every report, so ``dvc exp show`` follows a run while it
-    trains. The step is the iteration. Rank 0 only."""
-
-    def __init__(self, progress: Progress, live_dir: Path, state: TrainState):
-        self.progress = progress
-        self.live = None
-        if is_rank0():
-            # Never DVCLive's own resume: a run resumes from its last checkpoint, which may be
-            # older than the last rows DVCLive wrote before the run died, and those would be kept
-            # twice. The curves are replayed from the checkpoint's state instead, so a resumed
-            # run's files are the uninterrupted run's.
-            self.live = _live(live_dir)
-            rows = sorted(state.train_curve + state.valid_curve, key=lambda r: r["iteration"])
-            for row in rows:
-                self._log(row)
-
-    def _log(self, row: dict) -> None:
-        if self.live is None:
-            return
-        self.live.step = row["iteration"]
-        # the update counter is a train-curve column only (a validation row repeats it)
-        skip = {"iteration", "update"} if "valid_loss" in row else {"iteration"}
-        for name, value in row.items():
-            if name not in skip:
-                self.live.log_metric(name, value)
-        self.live.make_summary()
-
-    def step(self, iteration: int, loss: float, tokens_per_sec: float) -> None:
-        self.progress.step(iteration, loss, tokens_per_sec)
-
-    def train(self, row: dict) -> None:
-        self.progress.line(
-            f"  iter {row['iteration']:>6}  update {row['update']:>5}  train_loss "
-            f"{row['train_loss']:.4f}  lr {row['learning_rate']:.2e}  "
-            f"{row['tokens_per_sec']:,.0f} tok/s"
-        )
-        self._log(row)
-
-    def valid(self, row: dict) -> None:
-        self.progress.line(
-            f"  iter {row['iteration']:>6}  valid_loss {row['valid_loss']:.4f}  "
-            f"valid_ppl {row['valid_ppl']:.3f}"
-        )
-        self._log(row)
-
-    def end(self) -> None:
-        if self.live is not None:
-            self.live.end()
-
-
 def run(cfg: TrainConfig) -> dict:
     import mlx.core as mx
     import numpy as np
@@ -390,6 +281,7 @@ def run(cfg: TrainConfig) -> dict:
 
     data_hash = hashlib.sha256(cfg.train_data.read_bytes() + cfg.valid_data.read_bytes())
     ckpts = Checkpoints(cfg.state_dir, f"{cfg.fingerprint()}-{data_hash.hexdigest()[:16]}")
+    card = JudgeCard.from_rows(train_rows, hashlib.sha256(cfg.train_data.read_bytes()).hexdigest())
     progress = Progress(cfg.iters)
     if cfg.resume:
         state = ckpts.restore(model, optimizer)
@@ -413,14 +305,14 @@ def run(cfg: TrainConfig) -> dict:
         ) from None
     report.end()
     if is_rank0():
-        _save_adapter_dir(cfg, model, base, state, head is not None)
+        _save_adapter_dir(cfg, model, base, state, head is not None, card)
 
     final, first = state.last_valid_loss, state.valid_curve[0]
     return {
         "valid_loss_initial": first["valid_loss"],
         "valid_ppl_initial": first["valid_ppl"],
         "valid_loss": round(final, 6),
-        "valid_ppl": round(math.exp(min(final, 50.0)), 6),
+        "valid_ppl": round(perplexity(final), 6),
         "best_valid_ppl": round(state.best_ppl, 6),
         "best_valid_iteration": state.best_iter,
         "train_loss": state.train_curve[-1]["train_loss"],
@@ -436,8 +328,12 @@ def run(cfg: TrainConfig) -> dict:
     }
 
 
-def _save_adapter_dir(cfg: TrainConfig, model, base: dict, state: TrainState, sparse: bool):
-    """The adapter as mlx-lm writes it, plus run_info.json and the best adapter in ``best/``."""
+def _save_adapter_dir(
+    cfg: TrainConfig, model, base: dict, state: TrainState, sparse: bool, card: JudgeCard | None
+):
+    """The adapter as mlx-lm writes it, plus run_info.json, the judge's card (what it was
+    trained to read and write; none for rows that are not judge data) and the best adapter in
+    ``best/``."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -454,6 +350,8 @@ def _save_adapter_dir(cfg: TrainConfig, model, base: dict, state: TrainState, sp
         # stage metrics, which hold timings, are not)
         info["valid_loss"] = state.last_valid_loss
         write_json(tmp / "run_info.json", info)
+        if card is not None:
+            card.write(tmp)
         if best.is_file():
             (tmp / "best").mkdir()
             shutil.copy2(best, tmp / "best")

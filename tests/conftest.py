@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"  # a test that reaches for the Hub fails instead of waiting
 
-from src.genrm_sample import generate_rows, render_text  # noqa: E402
-from src.tiny_gemma import TinyGemmaConfig, build_tiny_gemma  # noqa: E402
+from src.data.sample import generate_rows, render_text  # noqa: E402
+from src.modeling.tiny_gemma import TinyGemmaConfig, build_tiny_gemma  # noqa: E402
 
 # 2 layers, width 64 (divisible by the 4-bit group size 64), 512-token vocabulary.
 TINY = TinyGemmaConfig(

@@ -1,9 +1,7 @@
-"""src/cpu_kernels.py against MLX's own kernels: values, gradients, every mask kind, and the
-install into an mlx-lm model."""
+"""src/modeling/kernels.py against MLX's own kernels: values, gradients, every mask kind, and the
+per-model binding into an mlx-lm model (nothing process-wide)."""
 
 from __future__ import annotations
-
-import importlib
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -11,7 +9,7 @@ import pytest
 from mlx_lm.models import activations, base, llama
 from mlx_lm.models.base import create_causal_mask
 
-from src import cpu_kernels
+from src.modeling import kernels as cpu_kernels
 
 
 def _close(a, b, tol):
@@ -113,38 +111,46 @@ def _tiny_llama():
     return model
 
 
-@pytest.fixture
-def restore_llama():
-    yield
-    llama.swiglu = activations.swiglu
-    llama.scaled_dot_product_attention = base.scaled_dot_product_attention
+def _untouched():
+    """mlx-lm's modules hold their own functions (nothing of ours is process-wide)."""
+    from mlx_lm.models import gemma
+
+    for module in (llama, gemma):
+        assert module.scaled_dot_product_attention is base.scaled_dot_product_attention
+    assert llama.swiglu is activations.swiglu
 
 
-@pytest.mark.usefixtures("restore_llama")
-def test_install_routes_a_float32_model_and_keeps_its_outputs():
-    model = _tiny_llama()
+def test_fast_kernels_bind_to_one_model_and_keep_its_outputs():
+    model, other = _tiny_llama(), _tiny_llama()
     tokens = mx.array([[5, 9, 2, 44, 7, 1, 3, 60]])
     before = model(tokens)
-    assert cpu_kernels.install(model)
-    assert llama.swiglu is cpu_kernels._swiglu_cpu
-    assert llama.scaled_dot_product_attention is cpu_kernels._attention_cpu
+    assert cpu_kernels.use_fast_kernels(model, "fast")
+    _untouched()
+    mlp, attention = model.layers[0].mlp, model.layers[0].self_attn
+    assert type(mlp).__call__.__globals__["swiglu"] is cpu_kernels._swiglu_cpu
+    assert (
+        type(attention).__call__.__globals__["scaled_dot_product_attention"]
+        is cpu_kernels._attention_cpu
+    )
+    assert type(other.layers[0].mlp) is llama.MLP  # the second model is as mlx-lm built it
     _close(model(tokens), before, 1e-5)
+    assert not mx.array_equal(model(tokens), before).item()  # ours ran, not MLX's
     # other dtypes take mlx-lm's own path, unchanged
     model.set_dtype(mx.float16)
-    half = model(tokens)
-    llama.swiglu = activations.swiglu
-    llama.scaled_dot_product_attention = base.scaled_dot_product_attention
-    assert mx.array_equal(model(tokens), half).item()
+    other.set_dtype(mx.float16)
+    assert mx.array_equal(model(tokens), other(tokens)).item()
 
 
-@pytest.mark.usefixtures("restore_llama")
-def test_install_can_be_turned_off(monkeypatch):
-    monkeypatch.setenv("GENRM_EXACT_KERNELS", "1")
-    assert not cpu_kernels.install(_tiny_llama())
-    assert importlib.import_module("mlx_lm.models.llama").swiglu is activations.swiglu
+def test_exact_kernels_leave_the_model_as_mlx_lm_built_it():
+    model = _tiny_llama()
+    assert not cpu_kernels.use_fast_kernels(model, "exact")
+    assert all(type(m).__module__.startswith("mlx") for _, m in model.named_modules())
+    assert type(model.layers[0].mlp) is llama.MLP
+    with pytest.raises(ValueError, match="fast, exact"):
+        cpu_kernels.use_fast_kernels(model, "quick")
 
 
-def test_a_lora_training_step_gives_the_exact_gradient(restore_llama):
+def test_a_lora_training_step_gives_the_exact_gradient():
     from mlx.utils import tree_flatten
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
@@ -159,14 +165,14 @@ def test_a_lora_training_step_gives_the_exact_gradient(restore_llama):
         return nn.losses.cross_entropy(m(tokens[:, :-1]), tokens[:, 1:]).mean()
 
     l0, g0 = nn.value_and_grad(model, loss)(model)
-    cpu_kernels.install(model)
+    assert cpu_kernels.use_fast_kernels(model, "fast")
     l1, g1 = nn.value_and_grad(model, loss)(model)
     assert abs(l0.item() - l1.item()) < 1e-5
     for (name, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g0), strict=True):
         assert mx.abs(a - b).max().item() <= 1e-4 * max(1e-3, mx.abs(b).max().item()), name
 
 
-def test_install_reports_true_for_every_model_it_routes():
+def test_fast_kernels_report_true_for_every_model_they_bind():
     """Gemma has no SwiGLU: only its attention is routed, and a second model of the same
     architecture (evaluate loads the judge and the base) must still be reported as routed."""
     from mlx_lm.models import gemma
@@ -182,8 +188,9 @@ def test_install_reports_true_for_every_model_it_routes():
         vocab_size=50,
         num_key_value_heads=1,
     )
-    try:
-        assert cpu_kernels.install(gemma.Model(args))
-        assert cpu_kernels.install(gemma.Model(args))
-    finally:
-        gemma.scaled_dot_product_attention = base.scaled_dot_product_attention
+    first, second = gemma.Model(args), gemma.Model(args)
+    assert cpu_kernels.use_fast_kernels(first, "fast")
+    assert cpu_kernels.use_fast_kernels(first, "fast")  # a second call on the same model
+    assert cpu_kernels.use_fast_kernels(second, "fast")
+    assert type(gemma.Model(args).layers[0].self_attn) is gemma.Attention
+    _untouched()

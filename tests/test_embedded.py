@@ -6,7 +6,8 @@ import hashlib
 import re
 from collections import Counter, defaultdict
 
-from src.genrm_sample import dumps, generate_rows
+from src.data.sample import generate_rows
+from src.data.sft import dumps
 from src.prepare_model import PrepareModelConfig
 from src.prepare_model import run as prepare_model
 

@@ -8,10 +8,11 @@ from types import SimpleNamespace
 import pytest
 from conftest import fake_generation, flags, read_jsonl, write_jsonl
 
+from src.data.sample import generate_rows
 from src.evaluate_genrm import main as evaluate
-from src.genrm_sample import generate_rows
-from src.judge import auc, pairwise_accuracy, parse_score, value_paths
-from src.verdicts import FORMATS
+from src.judging.metrics import auc, pairwise_accuracy
+from src.judging.scores import value_paths
+from src.judging.verdicts import FORMATS
 
 
 @pytest.mark.parametrize(
@@ -28,7 +29,7 @@ from src.verdicts import FORMATS
     ],
 )
 def test_parse_score(text, score):
-    assert parse_score(text) == score
+    assert FORMATS["score10"].parse(text) == score
 
 
 def test_auc_and_pairwise():
@@ -45,7 +46,7 @@ def test_auc_and_pairwise():
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_value_paths_tell_every_verdict_apart(tiny_model, fmt):
-    from src.model_source import load_tokenizer
+    from src.modeling.source import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
     f = FORMATS[fmt]
@@ -80,8 +81,8 @@ def test_direct_score_follows_the_model(tiny_model, fmt, target, want):
     """With a model that puts all mass on one verdict, the direct score is that verdict."""
     import mlx.core as mx
 
-    from src.judge import direct_scores
-    from src.model_source import load_tokenizer
+    from src.judging.scores import direct_scores
+    from src.modeling.source import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
     f = FORMATS[fmt]

@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import TINY, flags, train_tiny_adapter
 
+from src.data.sample import generate_rows, render_text
 from src.fuse_model import main as fuse
-from src.genrm_sample import generate_rows, render_text
-from src.tiny_gemma import TinyGemmaConfig, build_tiny_gemma
+from src.modeling.tiny_gemma import TinyGemmaConfig, build_tiny_gemma
 
 
 @pytest.fixture(scope="module", params=[4, 0], ids=["qlora", "lora"])

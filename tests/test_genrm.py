@@ -10,16 +10,17 @@ import sys
 import time
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from conftest import fake_generation, flags, read_jsonl, write_jsonl
 
-from src.genrm import GenRM, ServedGenRM, _soft_values
-from src.genrm_sample import judge_prompt
+from src.judging.genrm import GenRM, ServedGenRM, _soft_values
+from src.judging.prompts import judge_prompt
+from src.judging.verdicts import regex_format
 from src.runtime import StageError
 from src.score import main as score
-from src.verdicts import regex_format
 
 PAIRS = [
     ("Compute 12 + 30.", "42", "42"),
@@ -97,7 +98,7 @@ def test_a_reference_reaches_the_judges_prompt(judge):
 
 def test_direct_scores_match_the_evaluate_stage(judge, fused):
     """The Python interface's direct score is the evaluate stage's, on the same row."""
-    from src.judge import direct_scores
+    from src.judging.scores import direct_scores
 
     prompts, responses, _ = zip(*PAIRS, strict=True)
     direct = GenRM(judge.model_path, direct=True, batch_size=3)
@@ -229,7 +230,7 @@ def test_mlx_lm_server_round_trip(fused, tmp_path):
     prompts, responses, refs = (list(x) for x in zip(*PAIRS, strict=True))
     local = GenRM(fused / "merged", max_tokens=12, batch_size=1)
     with _server(fused, tmp_path) as url:
-        served = ServedGenRM(url, max_tokens=12)
+        served = ServedGenRM(url, max_tokens=12, tokenizer=fused / "merged")
         got, want = served.judge(prompts, responses, refs), local.judge(prompts, responses, refs)
         assert served(prompts=prompts, completions=responses, answer=refs) == local(
             prompts=prompts, completions=responses, answer=refs
@@ -242,9 +243,9 @@ def test_mlx_lm_server_round_trip(fused, tmp_path):
 def test_soft_verdict_reads_the_verdict_position(fused):
     import math
 
-    from src.judge import soft_verdict, value_token_ids
-    from src.model_source import load_tokenizer
-    from src.verdicts import FORMATS
+    from src.judging.scores import soft_verdict, value_token_ids
+    from src.judging.verdicts import FORMATS
+    from src.modeling.source import load_tokenizer
 
     tok = load_tokenizer(str(fused / "merged"))
     yes_no = FORMATS["yes_no"]
@@ -278,7 +279,7 @@ def test_soft_scores_from_mlx_lm_server_logprobs_equal_the_python_ones(fused, tm
     alternatives at each step); the model, server and arithmetic are real."""
     import re
 
-    from src.verdicts import VerdictFormat
+    from src.judging.verdicts import VerdictFormat
 
     words = {"The": 1.0, "is": 0.0}
     the = VerdictFormat("the", re.compile(r"\b(The|is)\b"), 0, 1, 1, words, "x {}")
@@ -294,3 +295,161 @@ def test_soft_scores_from_mlx_lm_server_logprobs_equal_the_python_ones(fused, tm
     soft = [w["soft_score"] for w in want]
     assert all(s is not None and 0 < s < 1 for s in soft), want  # both words weighed
     assert [g["soft_score"] for g in got] == pytest.approx(soft, abs=1e-4)
+
+
+def _judge_copy(fused, tmp_path, verdict: str, reference: bool) -> Path:
+    """The fused tiny judge with another card: what a judge trained on other data carries."""
+    import shutil
+
+    from src.judging.card import JudgeCard
+    from src.judging.prompts import judge_template
+
+    folder = tmp_path / f"judge-{verdict}"
+    shutil.copytree(fused / "merged", folder)
+    JudgeCard(verdict, judge_template(verdict, reference), reference, 100, "0" * 64).write(folder)
+    return folder
+
+
+REFERENCED = [
+    {"prompt": "Compute 12 + 30.", "response": "The answer is 42.", "reference": "42"},
+    {"prompt": "Compute 12 + 30.", "response": "41", "reference": "42"},
+]
+
+
+def test_the_judge_carries_its_format_into_the_score_cli(fused, tmp_path, monkeypatch):
+    """No --verdict: the card's format (yes_no, reference-guided) writes the prompt and reads
+    the verdict; the fused model of the train -> fuse stages carries the card it was trained
+    with."""
+    card = json.loads((fused / "merged" / "genrm_judge.json").read_text())
+    assert card["verdict"] == "score10" and card["reference"] is False
+    assert card["n_rows"] == 100 and len(card["data_sha256"]) == 64
+    folder = _judge_copy(fused, tmp_path, "yes_no", True)
+    seen = []
+
+    def answer(prompt):
+        seen.append(prompt)
+        good = "The answer is 42." in prompt
+        return f"Critique: ...\nIs the answer correct (Yes/No)? {'Yes' if good else 'No'}"
+
+    fake_generation(monkeypatch, answer)
+    inp = write_jsonl(tmp_path / "in.jsonl", REFERENCED)
+    out = tmp_path / "scores.jsonl"
+    assert score(flags(model=folder, input=inp, output=out, max_tokens=8)) == 0
+    assert [o["score"] for o in read_jsonl(out)] == [1.0, 0.0]
+    assert all("Reference answer: 42" in p and "(Yes/No)?" in p for p in seen)
+    # a flag still overrides the card: score10 reads no verdict in these judgements
+    assert score(flags(model=folder, input=inp, output=out, verdict="score10")) == 0
+    assert [o["score"] for o in read_jsonl(out)] == [None, None]
+
+
+def test_a_reference_guided_judge_refuses_a_row_without_reference(
+    fused, tmp_path, monkeypatch, capsys
+):
+    folder = _judge_copy(fused, tmp_path, "yes_no", True)
+    inp = write_jsonl(tmp_path / "in.jsonl", [*REFERENCED, {"prompt": "q", "response": "a"}])
+    out = tmp_path / "scores.jsonl"
+    assert score(flags(model=folder, input=inp, output=out)) == 1
+    err = capsys.readouterr().err
+    assert f'{inp}:3: no "reference"' in err and "--allow-missing-reference" in err
+    assert "Traceback" not in err and not out.exists()
+    fake_generation(monkeypatch, lambda prompt: "Is the answer correct (Yes/No)? No")
+    assert score(flags(model=folder, input=inp, output=out, allow_missing_reference=True)) == 0
+    assert len(read_jsonl(out)) == 3
+    judge = GenRM(folder)
+    with pytest.raises(StageError, match="pair 1 has no reference answer"):
+        judge(prompts=["q", "q"], completions=["a", "b"], answer=["a", None])
+    # without a card a model needs its verdict format named
+    bare = tmp_path / "bare"
+    (folder / "genrm_judge.json").rename(tmp_path / "card.json")
+    folder.rename(bare)
+    with pytest.raises(StageError, match="no judge card"):
+        GenRM(bare)
+    assert GenRM(bare, verdict="yes_no").fmt.name == "yes_no"
+
+
+def test_score_cli_soft_writes_the_soft_score(fused, tmp_path, monkeypatch):
+    """--soft reaches the judge: each row gets soft_score, P(Yes) where the verdict was
+    written (the generation is a double with known log-probabilities; the arithmetic is real)."""
+    import math
+
+    from src.judging.scores import value_token_ids
+    from src.judging.verdicts import FORMATS
+
+    folder = _judge_copy(fused, tmp_path, "yes_no", True)
+    judge = GenRM(folder)
+    values = value_token_ids(judge.tokenizer, FORMATS["yes_no"])
+    yes = next(t for t, v in values.items() if v == 1.0)
+    no = next(t for t, v in values.items() if v == 0.0)
+    text = "Critique: ok.\nIs the answer correct (Yes/No)? Yes"
+    tokens = judge.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(self, batch):
+        top = [{yes: math.log(0.8), no: math.log(0.2)} for _ in tokens]
+        return [tokens] * len(batch), [top] * len(batch)
+
+    monkeypatch.setattr(GenRM, "_generate", generate)
+    inp = write_jsonl(tmp_path / "in.jsonl", REFERENCED)
+    out, metrics = tmp_path / "scores.jsonl", tmp_path / "m.json"
+    assert score(flags(model=folder, input=inp, output=out, soft=True, metrics=metrics)) == 0
+    rows = read_jsonl(out)
+    assert [r["soft_score"] for r in rows] == pytest.approx([0.8, 0.8])
+    assert [r["score"] for r in rows] == [1.0, 1.0]
+    assert json.loads(metrics.read_text())["n_soft"] == 2
+
+
+HOST_PROGRAM = """
+import json, sys
+import mlx.core as mx  # the host program (an RL trainer) imported MLX first
+from mlx_lm.models import activations, base, gemma, llama
+
+def fresh_llama_logits():
+    args = llama.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=2,
+        intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+        vocab_size=97, tie_word_embeddings=True)
+    mx.random.seed(3)
+    model = llama.Model(args)
+    return model, model(mx.array([[5, 9, 2, 44, 7, 1, 3, 60]])).tolist()
+
+policy, before = fresh_llama_logits()
+out = {"before": before}
+if sys.argv[1] == "load":
+    sys.path.insert(0, sys.argv[2])
+    from src.judging.genrm import GenRM
+    from src.modeling.load import load_base
+
+    load_base(sys.argv[3], 0, 64)
+    GenRM(sys.argv[3])
+    GenRM(sys.argv[3])
+    out["untouched"] = (llama.swiglu is activations.swiglu
+        and llama.scaled_dot_product_attention is base.scaled_dot_product_attention
+        and gemma.scaled_dot_product_attention is base.scaled_dot_product_attention)
+    out["policy_after"] = policy(mx.array([[5, 9, 2, 44, 7, 1, 3, 60]])).tolist()
+    out["fresh_after"] = fresh_llama_logits()[1]
+print(json.dumps(out))
+"""
+
+
+def test_loading_the_judge_leaves_every_other_model_in_the_process_alone(fused, tmp_path):
+    """Loading GenRM or a base in a host process changes no mlx-lm function and no other
+    model: a llama policy's logits, and a fresh llama's, equal those of a process that never
+    imported src. The host imported MLX first, so the reference BLAS runs: said once."""
+    from conftest import ROOT
+
+    script = tmp_path / "host.py"
+    script.write_text(HOST_PROGRAM)
+
+    def run(*args):
+        done = subprocess.run(
+            [sys.executable, str(script), *args], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout), done.stderr
+
+    loaded, err = run("load", str(ROOT), str(fused / "merged"))
+    never, _ = run("never")
+    assert loaded["untouched"]
+    assert loaded["before"] == never["before"]
+    assert loaded["policy_after"] == never["before"] and loaded["fresh_after"] == never["before"]
+    if sys.platform == "linux":
+        assert err.count("WARNING: MLX is using the reference BLAS") == 1
+        assert "Fix: import src before mlx" in err or "Fix: install the project" in err

@@ -104,29 +104,47 @@ def test_defaults_are_the_recipes_hyperparameters_and_recipe_file_is_the_full_ru
     assert full["train.iters"] == 5000 and full["train.warmup_steps"] == 100
 
 
+def _module_file(name: str):
+    """The file of a ``src`` module or package (its ``__init__.py``), or None."""
+    base = ROOT / name.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
 def _src_imports(module: str) -> set[str]:
-    """``src`` modules that ``python -m module`` runs: the package's ``__init__`` (it preloads the
-    BLAS) and what ``module`` imports, at any depth, module-level or inside functions."""
+    """Files of the ``src`` code that ``python -m module`` runs: the package ``__init__``s on the
+    way (``src``'s preloads the BLAS) and what ``module`` imports, at any depth, module-level or
+    inside functions, relative imports resolved."""
     import ast
 
-    seen, todo = set(), ["src.__init__", module]
+    seen, todo, files = set(), [module], set()
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        tree = ast.parse((ROOT / (name.replace(".", "/") + ".py")).read_text())
-        for node in ast.walk(tree):
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+        path = _module_file(name)
+        if path is None:
+            continue
+        files.add(str(path.relative_to(ROOT)))
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                base = "src" if node.level == 1 else (node.module or "")
-                full = f"src.{node.module}" if node.level == 1 and node.module else base
-                if full == "src":  # from . import x / from src import x
-                    todo += [f"src.{a.name}" for a in node.names]
-                elif full.startswith("src."):
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                    full = f"{base}.{node.module}" if node.module else base
+                else:
+                    full = node.module or ""
+                if full == "src" or full.startswith("src."):
                     todo.append(full)
+                    todo += [f"{full}.{a.name}" for a in node.names]  # submodules, if they are
             elif isinstance(node, ast.Import):
                 todo += [a.name for a in node.names if a.name.startswith("src.")]
-    return {m for m in seen if (ROOT / (m.replace(".", "/") + ".py")).is_file()}
+    return files
 
 
 def test_each_stage_depends_on_exactly_the_code_it_runs():
@@ -134,7 +152,7 @@ def test_each_stage_depends_on_exactly_the_code_it_runs():
     each stage's ``deps`` list every such module, and no other."""
     _, _, dvc, _ = _load()
     for name, stage in dvc["stages"].items():
-        code = {f"{m.replace('.', '/')}.py" for m in _src_imports(STAGE_MODULES[name])}
+        code = _src_imports(STAGE_MODULES[name])
         listed = {d for d in stage["deps"] if d.startswith("src/")}
         assert listed >= code, f"stage {name}: deps lack {sorted(code - listed)}"
         assert listed <= code, (

@@ -74,6 +74,12 @@ def test_repro_exp_run_diffs_and_noop(repo):
     assert train["valid_loss"] < train["valid_loss_initial"]
     assert fuse["max_logit_diff"] < 1e-3
     assert (repo / "checkpoints" / "sft_merged_model" / "config.json").is_file()
+    run_info = json.loads((repo / "checkpoints/sft_adapter/run_info.json").read_text())
+    assert run_info["base"]["cpu_kernels"] == "fast" and run_info["base"]["fast_kernels"]
+    # the judge carries its format into the merged model (the default data: yes_no, reference)
+    card = json.loads((repo / "checkpoints/sft_merged_model/genrm_judge.json").read_text())
+    assert (card["verdict"], card["reference"]) == ("yes_no", True)
+    assert "{response}" in card["template"] and "{reference}" in card["template"]
 
     assert "Data and pipelines are up to date" in _sh(repo, "dvc", "repro")  # no-op
 
@@ -91,7 +97,7 @@ def test_repro_exp_run_diffs_and_noop(repo):
 
     _sh(repo, "git", "add", "-A")
     _sh(repo, "git", "commit", "-qm", "baseline")
-    out = _sh(repo, "dvc", "exp", "run", "-S", "lora.rank=8")
+    out = _sh(repo, "dvc", "exp", "run", "-S", "lora.rank=8", "-S", "model.cpu_kernels=exact")
     for stage in ("train", "fuse", "evaluate"):
         assert f"Running stage '{stage}'" in out
     assert "Running stage 'split'" not in out and "Running stage 'prepare_model'" not in out
@@ -99,6 +105,10 @@ def test_repro_exp_run_diffs_and_noop(repo):
     params_diff = json.loads(_sh(repo, "dvc", "params", "diff", "--json"))
     rank = params_diff["params.yaml"]["lora.rank"]
     assert (rank["old"], rank["new"]) == (16, 8)
+    kernels = params_diff["params.yaml"]["model.cpu_kernels"]
+    assert (kernels["old"], kernels["new"]) == ("fast", "exact")
+    run_info = json.loads((repo / "checkpoints/sft_adapter/run_info.json").read_text())
+    assert run_info["base"]["cpu_kernels"] == "exact" and not run_info["base"]["fast_kernels"]
     metrics_diff = json.loads(_sh(repo, "dvc", "metrics", "diff", "--json"))
     assert "valid_loss" in metrics_diff["metrics/train.json"]
     assert (

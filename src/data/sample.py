@@ -13,85 +13,25 @@ explicitly.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .verdicts import FORMATS
-
-GRADING_INSTRUCTION = (
-    "Judge whether the response solves the task correctly. "
-    'Write a short critique, then end with a line "Score: N/10".'
-)
-# Reference-guided grading (as in MT-Bench's reference-guided judge): the prompt carries the
-# correct answer, so the judge compares instead of solving. Fairer to a small model, and what a
-# GenRM for verifiable tasks sees in practice.
-REFERENCE_INSTRUCTION = (
-    "Judge whether the response is correct by comparing it with the reference answer. "
-    'Write a short critique, then end with a line "Score: N/10".'
-)
+from ..judging.prompts import judge_prompt, pairwise_prompt
+from ..judging.verdicts import FORMATS
 
 # Correct responses get 8-10, incorrect ones 1-3: a wide margin, so a verdict is well-defined.
 CORRECT_SCORES = (8, 9, 10)
 INCORRECT_SCORES = (1, 2, 3)
 
-# The verdict formats the generator can write (``--verdict``): how the instruction ends, and the
-# verdict values for a correct / an incorrect response. The verdict line itself is the format's
-# own template in src/verdicts.py, which reads them all.
+# The verdict values the generator writes for a correct / an incorrect response, per format
+# (``--verdict``); the verdict line itself is the format's template in src/judging/verdicts.py.
 VERDICTS = {
-    "score10": ('end with a line "Score: N/10".', CORRECT_SCORES, INCORRECT_SCORES),
-    "yes_no": (
-        'end with the line "Is the answer correct (Yes/No)?" and your answer.',
-        ("Yes",),
-        ("No",),
-    ),
-    "result5": ('end with "[RESULT] N", N from 1 to 5.', (4, 5), (1, 2)),
-    "rating10": ('end with "Rating: [[N]]", N from 1 to 10.', (8, 9, 10), (1, 2, 3)),
+    "score10": (CORRECT_SCORES, INCORRECT_SCORES),
+    "yes_no": (("Yes",), ("No",)),
+    "result5": ((4, 5), (1, 2)),
+    "rating10": ((8, 9, 10), (1, 2, 3)),
 }
-PAIRWISE_INSTRUCTION = (
-    "Decide which response solves the task correctly. Write a short critique, then end with "
-    '"[[A]]" if Response A is better or "[[B]]" if Response B is better.'
-)
-PAIRWISE_DIRECT_INSTRUCTION = (
-    "Decide which response solves the task correctly. Give no critique: write only "
-    '"[[A]]" if Response A is better or "[[B]]" if Response B is better.'
-)
-
-
-def judge_prompt(
-    question: str,
-    response: str,
-    verdict: str = "score10",
-    reference: str | None = None,
-    direct: bool = False,
-) -> str:
-    """The user turn the sample judge is trained on: the task, the candidate response (and the
-    reference answer, for reference-guided grading), and the grading instruction (``direct``:
-    the verdict line only, no critique)."""
-    ask = (
-        "Judge whether the response is correct by comparing it with the reference answer."
-        if reference is not None
-        else "Judge whether the response solves the task correctly."
-    )
-    if direct:
-        what = VERDICTS[verdict][0].replace("end with", "write only", 1)
-        instruction = f"{ask} Give no critique: {what}"
-    elif verdict == "score10":  # the original wording, byte for byte
-        instruction = REFERENCE_INSTRUCTION if reference is not None else GRADING_INSTRUCTION
-    else:
-        instruction = f"{ask} Write a short critique, then {VERDICTS[verdict][0]}"
-    ref = f"Reference answer: {reference}\n\n" if reference is not None else ""
-    return f"Task: {question}\n\n{ref}Response: {response}\n\n{instruction}"
-
-
-def pairwise_prompt(
-    question: str, a: str, b: str, reference: str | None = None, direct: bool = False
-) -> str:
-    """The user turn of a pairwise comparison: Response A, then Response B."""
-    ref = f"Reference answer: {reference}\n\n" if reference is not None else ""
-    ask = PAIRWISE_DIRECT_INSTRUCTION if direct else PAIRWISE_INSTRUCTION
-    return f"Task: {question}\n\n{ref}[Response A]\n{a}\n\n[Response B]\n{b}\n\n{ask}"
 
 
 @dataclass(frozen=True)
@@ -247,7 +187,7 @@ def _row(
     verdict: str = "score10",
     direct: bool = False,
 ) -> dict:
-    _, good, bad = VERDICTS[verdict]
+    good, bad = VERDICTS[verdict]
     value = rng.choice(good if correct else bad)
     critique = "" if direct else f"Critique: {_critique_body(task, response, correct, reference)}\n"
     critique += FORMATS[verdict].template.format(value)
@@ -363,11 +303,6 @@ def generate_rows(
                 produced += 1
             if produced >= n_rows:
                 return
-
-
-def dumps(row: dict) -> str:
-    """One canonical JSONL line (sorted keys, UTF-8 kept as is)."""
-    return json.dumps(row, ensure_ascii=False, sort_keys=True)
 
 
 def render_text(row: dict) -> str:

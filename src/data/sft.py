@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import orjson
 
-from .runtime import DataError
+from ..runtime import DataError
 
 CHAT, COMPLETIONS, TEXT = "chat", "completions", "text"
 ROLES = ("system", "user", "assistant", "tool")
@@ -78,6 +78,11 @@ def iter_jsonl_lines(path: str | Path):
         raise DataError(path, None, "file is empty", "provide at least one JSONL row")
 
 
+def dumps(row: dict) -> str:
+    """One canonical JSONL line (sorted keys, UTF-8 kept as is)."""
+    return json.dumps(row, ensure_ascii=False, sort_keys=True)
+
+
 def _loads(text: str):
     """orjson (~3x faster) for the common case; the standard library for anything orjson refuses
     that ``json`` accepts (NaN, huge integers, lone surrogates) and for its error messages."""
@@ -132,7 +137,7 @@ class FormatChecker:
                 "use one format per file",
             )
         if fmt == CHAT:
-            _check_chat(row, path, number)
+            check_chat(row, path, number)
         else:
             keys = ("prompt", "completion") if fmt == COMPLETIONS else ("text",)
             for key in keys:
@@ -146,7 +151,7 @@ class FormatChecker:
         return fmt
 
 
-def _check_chat(row: dict, path, number: int) -> None:
+def check_chat(row: dict, path, number: int) -> None:
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
         raise DataError(
@@ -211,6 +216,18 @@ def _check_chat(row: dict, path, number: int) -> None:
             f"chat ends with a {previous!r} turn; the trained turn is the last one",
             "end each conversation with the assistant's answer",
         )
+
+
+def chat_messages(x) -> list[dict] | None:
+    """``x`` as chat messages (a dict is one message): a non-empty list of dicts whose
+    ``content`` is a string, else None. The judge's inputs (``src.score``, ``GenRM``) are read
+    with it; training rows get the stricter ``check_chat``."""
+    if isinstance(x, dict):
+        x = [x]
+    is_list = isinstance(x, list | tuple) and len(x) > 0
+    if is_list and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in x):
+        return list(x)
+    return None
 
 
 def fold_system(row: dict) -> dict:

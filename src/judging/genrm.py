@@ -14,28 +14,38 @@ Its call signature is a reward function's, unchanged for both RL trainers people
 
 A reference answer (reference-guided judging) comes from the ``reference`` column (TRL passes
 dataset columns as keyword arguments) or ``answer`` (mlx-lm-lora's name).
+
+The judge carries its format: a model folder written by the fuse stage holds its card
+(``genrm_judge.json``, src/judging/card.py): the verdict format it writes and whether it was
+trained on prompts with a reference answer. Both judges use it unless ``verdict=`` says otherwise;
+a reference-guided judge refuses a pair without a reference (``allow_missing_reference=True``
+judges it without one, knowingly). A folder without a card needs ``verdict=``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from .genrm_sample import VERDICTS, judge_prompt
-from .judge import TOP_LOGPROBS, chat_prompt_ids, soft_verdict, value_token_ids
-from .runtime import StageError
+from ..data.sft import chat_messages
+from ..runtime import StageError
+from .card import CARD, JudgeCard
+from .prompts import VERDICT_ENDINGS, judge_prompt
+from .scores import TOP_LOGPROBS, chat_prompt_ids, soft_verdict, value_token_ids
 from .verdicts import VerdictFormat, get_format
 
 
-def _messages(x) -> list[dict] | None:
-    if isinstance(x, dict):
-        x = [x]
-    is_list = isinstance(x, Sequence) and not isinstance(x, str) and len(x) > 0
-    if is_list and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in x):
-        return list(x)
-    return None
+def _verdict(verdict, card: JudgeCard | None, where: str):
+    """The verdict format: the caller's, else the judge card's, else a clear error."""
+    if verdict is not None:
+        return verdict
+    if card is None:
+        raise StageError(
+            f"{where} has no judge card ({CARD}) saying which verdict format the judge writes. "
+            "Fix: pass verdict= (CLI: --verdict), e.g. yes_no or score10."
+        )
+    return card.verdict
 
 
 def prompt_text(x) -> str:
@@ -43,7 +53,7 @@ def prompt_text(x) -> str:
     user turn."""
     if isinstance(x, str):
         return x
-    messages = _messages(x)
+    messages = chat_messages(x)
     users = [m["content"] for m in messages or [] if m.get("role") == "user"]
     if not users:
         raise TypeError(f"a prompt must be a string or chat messages with a user turn: {x!r:.80}")
@@ -54,7 +64,7 @@ def completion_text(x) -> str:
     """A completion as text: a string, or its assistant turns (TRL's conversational format)."""
     if isinstance(x, str):
         return x
-    messages = _messages(x)
+    messages = chat_messages(x)
     said = [m["content"] for m in messages or [] if m.get("role") == "assistant"]
     if not said:
         raise TypeError(f"a completion must be a string or assistant messages: {x!r:.80}")
@@ -75,15 +85,24 @@ class _Judge:
     """What every judge shares: the verdict format, the judge's prompt, the reward signature."""
 
     def __init__(
-        self, verdict: str | VerdictFormat, template: str | None, max_tokens: int, unparsed: float
+        self,
+        verdict: str | VerdictFormat,
+        template: str | None,
+        max_tokens: int,
+        unparsed: float,
+        card: JudgeCard | None = None,
+        allow_missing_reference: bool = False,
     ):
         self.fmt = verdict if isinstance(verdict, VerdictFormat) else get_format(verdict)
+        self.card = card
+        # a reference-guided judge (its card says so) never saw a prompt without a reference
+        self.needs_reference = bool(card and card.reference) and not allow_missing_reference
         if self.fmt.name == "pairwise":
             raise StageError(
                 "GenRM scores one response at a time; a pairwise judge compares two "
                 "(evaluate it with the evaluate stage)."
             )
-        if template is None and self.fmt.name not in VERDICTS:
+        if template is None and self.fmt.name not in VERDICT_ENDINGS:
             raise StageError(
                 f"the {self.fmt.name} format has no built-in judge prompt: pass a template "
                 "with {prompt} and {response} (and {reference} if it uses one)."
@@ -106,6 +125,12 @@ class _Judge:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         refs = references if references is not None else [None] * len(prompts)
+        if self.needs_reference and None in refs:
+            raise StageError(
+                f"pair {refs.index(None)} has no reference answer, and this judge was trained on "
+                "prompts with one (its card: reference true). Fix: pass reference= (or answer=) "
+                "for every pair, or allow_missing_reference=True to judge without one."
+            )
         return [
             self.judge_prompt(prompt_text(p), completion_text(c), r)
             for p, c, r in zip(prompts, completions, refs, strict=True)
@@ -150,7 +175,7 @@ class GenRM(_Judge):
     def __init__(
         self,
         model: str | Path,
-        verdict: str | VerdictFormat = "score10",
+        verdict: str | VerdictFormat | None = None,
         template: str | None = None,
         direct: bool = False,
         max_tokens: int = 64,
@@ -158,17 +183,24 @@ class GenRM(_Judge):
         unparsed: float = 0.0,
         progress: bool | None = None,
         soft: bool = False,
+        allow_missing_reference: bool = False,
+        cpu_kernels: str = "fast",
     ):
-        from .base_model import load_base
-        from .sft_loop import checked_head
+        from ..modeling.blas import warn_if_slow_blas
+        from ..modeling.head import checked_head
+        from ..modeling.load import load_base
 
-        super().__init__(verdict, template, max_tokens, unparsed)
+        card = JudgeCard.read(model)
+        verdict = _verdict(verdict, card, str(model))
+        super().__init__(verdict, template, max_tokens, unparsed, card, allow_missing_reference)
         if direct and self.fmt.template is None:
             raise StageError(f"direct scoring needs a verdict template; {self.fmt.name} has none.")
         self.direct, self.batch_size, self.progress = direct, batch_size, progress
         self.model_path = Path(model)
-        # load_base: a quantized model is dequantized on the CPU, and the CPU computes in fp32
-        self.model, self.tokenizer, _, _ = load_base(str(model), 0, 64)
+        warn_if_slow_blas()
+        # load_base: a quantized model is dequantized on the CPU, and the CPU computes in fp32;
+        # cpu_kernels="fast" binds our float32 kernels into this model (and no other)
+        self.model, self.tokenizer, _, _ = load_base(str(model), 0, 64, kernels=cpu_kernels)
         self.soft_values = _soft_values(self.tokenizer, self.fmt) if soft else None
         self.head = checked_head(self.model) if direct else None  # checked once, not per batch
 
@@ -225,7 +257,7 @@ class GenRM(_Judge):
         return [tokens[u] for u in uids], [tops[u] for u in uids]
 
     def _direct(self, batch: list[list[int]]) -> list[float]:
-        from .judge import direct_scores
+        from .scores import direct_scores
 
         return direct_scores(self.model, self.tokenizer, batch, self.fmt, len(batch), self.head)
 
@@ -249,20 +281,26 @@ class ServedGenRM(_Judge):
     reads it; no MLX is needed on the caller's side (the RL trainer can live elsewhere). With
     ``soft=True`` (and ``tokenizer``, the model folder: only its tokenizer is read) the
     completion also carries log-probabilities (``top_logprobs``), from which the verdict's
-    soft score is computed exactly as ``GenRM(soft=True)`` computes it."""
+    soft score is computed exactly as ``GenRM(soft=True)`` computes it. ``tokenizer`` (the
+    served model's folder) also gives the judge's card: its verdict format and reference rule."""
 
     def __init__(
         self,
         url: str = "http://127.0.0.1:8080",
-        verdict: str | VerdictFormat = "score10",
+        verdict: str | VerdictFormat | None = None,
         template: str | None = None,
         max_tokens: int = 64,
         unparsed: float = 0.0,
         timeout: float = 300.0,
         soft: bool = False,
         tokenizer: str | Path | None = None,
+        allow_missing_reference: bool = False,
     ):
-        super().__init__(verdict, template, max_tokens, unparsed)
+        card = JudgeCard.read(tokenizer) if tokenizer is not None else None
+        verdict = _verdict(
+            verdict, card, str(tokenizer or "the served model (no tokenizer= folder)")
+        )
+        super().__init__(verdict, template, max_tokens, unparsed, card, allow_missing_reference)
         self.url, self.timeout = url.rstrip("/"), timeout
         self.soft_values = None
         if soft:

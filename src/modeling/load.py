@@ -3,14 +3,14 @@ quantization, so the train and fuse stages cannot disagree about what "the base"
 
 from __future__ import annotations
 
-from . import cpu_kernels
-from .model_source import resolve_model
-from .runtime import StageError
+from ..runtime import check_choice
+from .kernels import KERNELS, use_fast_kernels
+from .source import resolve_model
 
 QLORA_COMPUTE = ("auto", "dequantized", "quantized")
 
 
-def load_base(model: str, bits: int, group_size: int, compute: str = "auto"):
+def load_base(model: str, bits: int, group_size: int, compute: str = "auto", kernels: str = "fast"):
     """Return ``(model, tokenizer, config, info)``.
 
     A full-precision base is quantized to ``bits`` (QLoRA) unless ``bits`` is 0 or it is already
@@ -23,10 +23,8 @@ def load_base(model: str, bits: int, group_size: int, compute: str = "auto"):
     from mlx_lm import load
     from mlx_lm.utils import dequantize_model, quantize_model
 
-    if compute not in QLORA_COMPUTE:
-        raise StageError(
-            f"qlora compute must be one of {', '.join(QLORA_COMPUTE)}, got {compute!r}."
-        )
+    check_choice("qlora compute", compute, QLORA_COMPUTE)
+    check_choice("cpu_kernels", kernels, KERNELS)
     path = resolve_model(model)
     net, tokenizer, config = load(str(path), return_config=True)
     already = "quantization" in config
@@ -40,7 +38,7 @@ def load_base(model: str, bits: int, group_size: int, compute: str = "auto"):
         net = dequantize_model(net)
     if not quantized or compute == "dequantized":
         cpu_float32(net)
-    fast_kernels = cpu_kernels.install(net)
+    fast = use_fast_kernels(net, kernels)
     info = {
         "path": str(path),
         "quantized_base": quantized,
@@ -49,7 +47,8 @@ def load_base(model: str, bits: int, group_size: int, compute: str = "auto"):
         "base_quantization": config.get("quantization"),
         "base_dtype": str(dtype).removeprefix("mlx.core."),
         "compute_dtype": str(weights_dtype(net)).removeprefix("mlx.core."),
-        "cpu_kernels": fast_kernels,  # src/cpu_kernels.py: float32 SwiGLU/attention on the CPU
+        "cpu_kernels": kernels,  # the choice; fast_kernels: whether this model computes with them
+        "fast_kernels": fast,
     }
     return net, tokenizer, config, info
 

@@ -10,20 +10,33 @@ arithmetic only:
 - ``exp`` (x <= 0, after the softmax max-subtraction) as ``2**n * p(f)``: ``p`` a degree-7
   polynomial for ``2**f`` on [0, 1) (relative error < 1e-6), ``2**n`` built from its exponent bits.
 
-``install()`` swaps them into mlx-lm's models where they are called: the ``swiglu`` activation
-and ``scaled_dot_product_attention`` that each ``mlx_lm.models.<arch>`` module imports by name.
-Only float32 inputs on the CPU take the fast path; quantized KV caches, attention sinks, other
-dtypes and devices go to mlx-lm's own functions. Gradients are explicit (``custom_function``
-VJPs of the exact formulas, evaluated at the approximations). Measured effect: README,
-"Speed"; ``GENRM_EXACT_KERNELS=1`` turns it off.
+``use_fast_kernels(model, "fast")`` binds them into one model's layers where mlx-lm's code calls
+``swiglu`` and ``scaled_dot_product_attention`` (nothing process-wide). Only float32 inputs on the
+CPU take the fast path; quantized KV caches, attention sinks, other dtypes and devices go to
+mlx-lm's own functions. Gradients are explicit (``custom_function`` VJPs of the exact formulas,
+evaluated at the approximations). The choice is the ``model.cpu_kernels`` param (``fast`` |
+``exact``); ``exact`` also gives the loss MLX's own ``exp`` (``src/modeling/losses.py``).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
+import types
 
 import mlx.core as mx
+
+KERNELS = ("fast", "exact")  # the ``model.cpu_kernels`` param
+
+
+def kernels_arg():
+    """The ``--cpu-kernels`` field of every stage that computes with a model."""
+    from ..runtime import arg
+
+    return arg(
+        "fast",
+        "float32 CPU kernels: fast (src/modeling/kernels.py) or exact (MLX's)",
+        choices=KERNELS,
+    )
+
 
 # Eigen's generic_fast_tanh_float: tanh(x) ~ x P(x^2) / Q(x^2) on [-7.9, 7.9], +-1 beyond.
 _TANH_CLAMP = 7.90531110763549805
@@ -142,23 +155,62 @@ def attention(queries, keys, values, scale: float, mask):
     return out.reshape(b, hq, length, d)
 
 
-def install(model) -> bool:
-    """On the CPU, route the float32 SwiGLU and attention of ``model``'s mlx-lm architecture
-    module through the functions above. Returns whether the model now uses any of them (also
-    when an earlier call installed them for the same architecture)."""
+def use_fast_kernels(model, kernels: str) -> bool:
+    """Make ``model`` compute its float32 SwiGLU and attention on the CPU with the functions
+    above (``kernels="fast"``); ``"exact"`` or another device leaves it as mlx-lm built it.
+    Returns whether the model now uses them (also when an earlier call bound them).
+
+    Per model, never per process: each layer whose ``__call__`` (mlx-lm's code, e.g. llama's
+    ``MLP`` and ``Attention``) names ``swiglu`` or ``scaled_dot_product_attention`` gets its own
+    subclass whose ``__call__`` is that same code bound to a copy of its module's globals with
+    ours in their place. mlx-lm's modules, and every other model in the process, are untouched.
+    """
     from mlx_lm.models import activations, base
 
-    if mx.default_device() != mx.cpu or os.environ.get("GENRM_EXACT_KERNELS") == "1":
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+    if kernels == "exact" or mx.default_device() != mx.cpu:
         return False
-    module = importlib.import_module(type(model).__module__)
-    if getattr(module, "swiglu", None) is activations.swiglu:
-        module.swiglu = _swiglu_cpu
-    if getattr(module, "scaled_dot_product_attention", None) is base.scaled_dot_product_attention:
-        module.scaled_dot_product_attention = _attention_cpu
-    return (
-        getattr(module, "swiglu", None) is _swiglu_cpu
-        or getattr(module, "scaled_dot_product_attention", None) is _attention_cpu
-    )
+    theirs = {
+        "swiglu": (activations.swiglu, _swiglu_cpu),
+        "scaled_dot_product_attention": (base.scaled_dot_product_attention, _attention_cpu),
+    }
+    bound = False
+    for _, layer in model.named_modules():
+        cls = type(layer)
+        if getattr(cls, "_fast_kernels", False):
+            bound = True
+            continue
+        call = cls.__call__
+        names = getattr(getattr(call, "__code__", None), "co_names", ())
+        swap = {
+            name: ours
+            for name, (original, ours) in theirs.items()
+            if name in names and call.__globals__.get(name) is original
+        }
+        if swap:
+            layer.__class__ = _fast_subclass(cls, call, swap)
+            bound = True
+    return bound
+
+
+_SUBCLASSES: dict = {}
+
+
+def _fast_subclass(cls, call, swap: dict):
+    """``cls`` with ``__call__`` rebound to ``swap``'s functions (one subclass per class)."""
+    if cls not in _SUBCLASSES:
+        rebound = types.FunctionType(
+            call.__code__,
+            {**call.__globals__, **swap},
+            call.__name__,
+            call.__defaults__,
+            call.__closure__,
+        )
+        rebound.__kwdefaults__, rebound.__qualname__ = call.__kwdefaults__, call.__qualname__
+        body = {"__call__": rebound, "_fast_kernels": True, "__module__": cls.__module__}
+        _SUBCLASSES[cls] = type(cls.__name__, (cls,), body)
+    return _SUBCLASSES[cls]
 
 
 def _swiglu_cpu(gate, x):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .runtime import DataError, StageError
+from ..runtime import DataError, StageError
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 
@@ -126,6 +126,14 @@ def get_format(name: str, pattern: str = "", low: float = 0.0, high: float = 10.
     return FORMATS[name]
 
 
+def detect(references: list[str]) -> VerdictFormat | None:
+    """The built-in format that parses (nearly) all ``references``, or None."""
+    n = len(references)
+    counts = {f: sum(FORMATS[f].parse(t) is not None for t in references) for f in FORMATS}
+    best = max(counts, key=counts.get)
+    return FORMATS[best] if n and n - counts[best] <= UNPARSED_REFERENCES_ALLOWED * n else None
+
+
 def resolve(
     name: str,
     references: list[tuple[int, str]],
@@ -143,10 +151,10 @@ def resolve(
     counts = {f: sum(FORMATS[f].parse(t) is not None for _, t in references) for f in FORMATS}
     tried = ", ".join(f"{f} {c}/{n}" for f, c in counts.items())
     if name == "auto":
-        best = max(counts, key=counts.get)
-        if n - counts[best] <= allowed:
-            return FORMATS[best]
-        line, text = _first_unparsed(FORMATS[best], references)
+        found = detect([t for _, t in references])
+        if found is not None:
+            return found
+        line, text = _first_unparsed(FORMATS[max(counts, key=counts.get)], references)
         raise DataError(
             path,
             line,

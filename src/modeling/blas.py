@@ -70,17 +70,31 @@ def blas_report() -> str:
     return ", ".join(libs) or "none"
 
 
+_warned = False
+
+
 def warn_if_slow_blas() -> None:
-    """Say loudly when MLX computes on Linux CPU with the reference BLAS."""
+    """Say once per process, with the fix, when MLX computes on the Linux CPU with the
+    reference BLAS (a program that imported MLX before ``src``: the preload came too late)."""
+    global _warned
     import mlx.core as mx
 
-    if sys.platform != "linux" or mx.default_device() != mx.cpu:
+    if _warned or sys.platform != "linux" or mx.default_device() != mx.cpu:
         return
     report = blas_report()
-    if not any(k in report for k in ("mkl", "openblas")):
+    # numpy's own scipy-openblas is mapped too, but its symbols are prefixed: MLX never calls it
+    mlx_can_use = [lib for lib in report.split(", ") if "scipy_openblas" not in lib]
+    if not any(k in lib for lib in mlx_can_use for k in ("mkl", "openblas")):
+        _warned = True
+        fast = _candidates()
+        fix = (
+            f"import src before mlx in your program, or start it with LD_PRELOAD={fast[0]}"
+            if fast
+            else "install the project with `uv sync` (it brings MKL on x86_64), or point "
+            "GENRM_BLAS at a libopenblas.so"
+        )
         print(
-            "WARNING: MLX is using the reference BLAS (~30x slower matmuls). Install the "
-            "project with `uv sync` (it brings MKL on x86_64), or point GENRM_BLAS at a "
-            f"libopenblas.so. Loaded: {report}",
+            f"WARNING: MLX is using the reference BLAS (~30x slower matmuls; loaded: {report}). "
+            f"Fix: {fix}.",
             file=sys.stderr,
         )

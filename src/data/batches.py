@@ -1,0 +1,78 @@
+"""Batches for training and evaluation: mlx-lm's batching, resumable and covering every row."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import numpy as np
+
+from ..modeling.head import trained_positions
+
+
+class BatchIterator:
+    """A drop-in for mlx-lm's ``iterate_batches`` that can start mid-run and covers every row.
+
+    mlx-lm's version draws its epoch order from numpy's global RNG and cannot skip ahead, so a
+    resumed run would see different data; and its evaluation drops the last partial batch. Here
+    the order of epoch ``e`` is a pure function of ``(seed, e)``, ``start_batch`` skips batches
+    already trained on, and evaluation pads the last batch with empty rows that carry no loss.
+    Batching is otherwise mlx-lm's: rows sorted by length, padded to 32k + 1, one batch per step.
+    With ``positions`` each batch also carries its ``trained_positions`` for ``masked_loss``.
+    """
+
+    def __init__(self, seed: int, start_batch: int = 0, positions: bool = False):
+        self.seed = seed
+        self.start_batch = start_batch
+        self.positions = positions
+
+    def epoch_order(self, n_batches: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(n_batches)
+
+    def __call__(self, dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
+        rank, world = (comm_group.rank(), comm_group.size()) if comm_group else (0, 1)
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} must be divisible by the {world} workers")
+        if len(dataset) < batch_size and loop:
+            raise ValueError(f"dataset has {len(dataset)} rows, fewer than batch size {batch_size}")
+        # Sort by token length. (mlx-lm sorts a CacheDataset by ``itemlen``, which is the number
+        # of keys in the raw row, not its token count, so its batches are not length-sorted.)
+        order = sorted(range(len(dataset)), key=lambda i: len(_tokens(dataset[i])))
+        if loop:
+            batches = [
+                order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)
+            ]
+        else:
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        local = batch_size // world
+        if not loop:
+            yield from (
+                self._collate(dataset, b[rank::world], local, max_seq_length) for b in batches
+            )
+            return
+        n = len(batches)
+        epoch, skip = divmod(self.start_batch, n)
+        while True:
+            for i in self.epoch_order(n, epoch)[skip:]:
+                yield self._collate(dataset, batches[i][rank::world], local, max_seq_length)
+            epoch, skip = epoch + 1, 0
+
+    def _collate(self, dataset, idx, rows, max_seq_length):
+        items = [dataset[j] for j in idx]
+        seqs = [_tokens(it) for it in items]
+        offsets = [it[1] if isinstance(it, tuple) else 0 for it in items]
+        longest = max((len(s) for s in seqs), default=1)
+        width = min(1 + 32 * math.ceil(longest / 32), max_seq_length)
+        arr = np.zeros((rows, width), np.int32)
+        info = np.zeros((rows, 2), np.int32)  # missing rows: offset 0, length 0 -> no loss
+        for j, (seq, off) in enumerate(zip(seqs, offsets, strict=True)):
+            n = min(len(seq), max_seq_length)
+            arr[j, :n] = seq[:n]
+            info[j] = (off, n)
+        if self.positions:
+            return mx.array(arr), mx.array(info), mx.array(trained_positions(info, width - 1))
+        return mx.array(arr), mx.array(info)
+
+
+def _tokens(item):
+    return item[0] if isinstance(item, tuple) else item

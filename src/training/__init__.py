@@ -1,0 +1,1 @@
+"""The train stage's loop, its resumable state and checkpoints, and its report (DVCLive)."""
