@@ -122,11 +122,12 @@ def _check_references(cfg: ScoreConfig, lines: list[int], refs: list | None) -> 
         return
     missing = [n for n, r in zip(lines, refs or [None] * len(lines), strict=True) if r is None]
     if missing:
+        more = f" (nor on {len(missing) - 1} more rows)" if len(missing) > 1 else ""
         raise DataError(
             cfg.input,
             missing[0],
-            f'no "reference" (and {len(missing) - 1} more rows without one), but this judge was '
-            f"trained to compare a response with a reference answer ({cfg.model}/{CARD})",
+            f'no "reference"{more}, but this judge was trained to compare a response with a '
+            f"reference answer ({cfg.model}/{CARD})",
             'add "reference": "<the correct answer>" to every row, or pass '
             "--allow-missing-reference to judge without one",
         )

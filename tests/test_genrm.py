@@ -340,6 +340,11 @@ def test_the_judge_carries_its_format_into_the_score_cli(fused, tmp_path, monkey
     # a flag still overrides the card: score10 reads no verdict in these judgements
     assert score(flags(model=folder, input=inp, output=out, verdict="score10")) == 0
     assert [o["score"] for o in read_jsonl(out)] == [None, None]
+    # the README's example rows (chat rows too) carry references: every one is judged and parsed
+    from conftest import ROOT
+
+    assert score(flags(model=folder, input=ROOT / "docs/candidates.jsonl", output=out)) == 0
+    assert all(o["score"] in (0.0, 1.0) for o in read_jsonl(out)) and len(read_jsonl(out)) == 5
 
 
 def test_a_reference_guided_judge_refuses_a_row_without_reference(
