@@ -63,9 +63,9 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=8)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
-    from src.modeling.blas import _candidates
+    from src.modeling.blas import fast_blas
 
-    mkl = _candidates()[0]
+    mkl = fast_blas()
     rows = [
         ("mlx first", run("mlx", None, args.model, args.pairs)),
         ("mlx first + LD_PRELOAD", run("mlx", mkl, args.model, args.pairs)),

@@ -19,8 +19,19 @@ Pointwise data (one response per row; ``metadata.label`` 1 if it is correct):
   correct one scores higher (chance: 0.5);
 - ``best_of_n_accuracy`` (``_direct_``: by direct score): on tasks with several candidates, is
   the top-scored one correct; ``best_of_n_random`` and ``best_of_n_oracle`` beside it;
-- ``direct_auc``, ``direct_pearson``, ``direct_spearman``: of a generation-free score (P(Yes), the
-  expected score: one forward pass, ``src/judging/scores.py``).
+- ``soft_auc`` (and ``best_of_n_soft_accuracy``): of the soft score, the verdict's probability
+  where the judge wrote it after its own critique (P(Yes): Zhang et al.'s CoT verifier score),
+  from one forward pass over each prompt and its greedy judgement; formats whose values are one
+  token each (Yes/No, 1-5, A/B);
+- ``direct_auc``, ``direct_pearson``, ``direct_spearman``: of a generation-free score, P(Yes) at
+  the very start of the reply (one forward pass, ``src/judging/scores.py``): a position a
+  critique-trained judge never writes its verdict at;
+- ``exact_match_accuracy``: the rule the judge must beat, ``response == reference`` (normalized:
+  case, surrounding whitespace and punctuation), on the same rows, where ``metadata`` names the
+  ``response`` and the ``reference``;
+- ``<metric>_lo`` / ``<metric>_hi``: a 95% bootstrap interval of ``verdict_accuracy``,
+  ``pairwise_accuracy``, ``best_of_n_accuracy``, ``soft_auc`` and ``exact_match_accuracy``
+  (whole tasks resampled, 1000 times, seeded: the same judgements give the same interval).
 
 Pairwise data (``[[A]]``/``[[B]]`` references): each row is judged in its own order and, where
 ``metadata.response_a``/``response_b`` give the two responses, with them swapped;
@@ -28,8 +39,10 @@ Pairwise data (``[[A]]``/``[[B]]`` references): each row is judged in its own or
 rule); ``position_consistency`` is how often the judge prefers the same response in both orders;
 ``direct_auc`` is of P(A).
 
-With ``--base-model`` the untrained base judges the same rows too: its metrics carry a
-``base_`` prefix, so the gain from training is one ``dvc metrics show`` away.
+With ``--base-model`` a second model judges the same rows in the same run (metrics prefixed
+``base_``); the pipeline evaluates the untrained base as a stage of its own instead
+(``evaluate_base``, ``metrics/eval_base.json``), so an experiment on the adapter does not pay
+for it again.
 
 Writes ``metrics/eval.json`` and every judgement to ``metrics/eval_judgements.jsonl``.
 
@@ -48,9 +61,18 @@ from pathlib import Path
 
 from . import paths
 from .data.sft import CHAT, read_jsonl, validate_rows
-from .judging.metrics import auc, best_of_n, pairwise_accuracy, pearson, spearman
+from .judging.metrics import (
+    auc,
+    best_of_n,
+    bootstrap_interval,
+    mean_of,
+    normalize_answer,
+    pairwise_accuracy,
+    pearson,
+    spearman,
+)
 from .judging.prompts import swap_pair
-from .judging.scores import chat_prompt_ids, direct_scores
+from .judging.scores import chat_prompt_ids, direct_scores, soft_scores
 from .judging.verdicts import NAMES, VerdictFormat, get_format, resolve
 from .modeling.kernels import KERNELS, kernels_arg
 from .runtime import (
@@ -170,8 +192,8 @@ def swapped_prompts(numbered: list[tuple[int, dict]], path: Path) -> list[list[d
 
 
 def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tuple:
-    """Greedy judgements and direct scores of each conversation (without the judgement), and
-    the seconds spent generating."""
+    """Greedy judgements, direct scores and soft scores (None where the format has no direct or
+    soft score) of each conversation (without the judgement), and the seconds generating."""
     from mlx_lm.generate import batch_generate
 
     prompt_ids = chat_prompt_ids(tokenizer, conversations)
@@ -181,7 +203,8 @@ def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tu
         texts += batch_generate(model, tokenizer, batch, max_tokens=cfg.max_tokens).texts
     seconds = time.perf_counter() - t0
     direct = direct_scores(model, tokenizer, prompt_ids, fmt) if fmt.template else None
-    return texts, direct, seconds
+    soft = soft_scores(model, tokenizer, prompt_ids, texts, fmt) if fmt.template else None
+    return texts, direct, soft, seconds
 
 
 def judge(
@@ -193,12 +216,12 @@ def judge(
     swapped: list[list[dict]] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Metrics of one model on ``rows`` and its judgement of each row."""
-    texts, direct, seconds = _generate(
+    texts, direct, soft, seconds = _generate(
         model, tokenizer, [r["messages"][:-1] for r in rows], fmt, cfg
     )
     texts_sw = direct_sw = scores_sw = None
     if swapped is not None:
-        texts_sw, direct_sw, more = _generate(model, tokenizer, swapped, fmt, cfg)
+        texts_sw, direct_sw, _, more = _generate(model, tokenizer, swapped, fmt, cfg)
         scores_sw = [fmt.parse(t) for t in texts_sw]
         seconds += more
     scores = [fmt.parse(t) for t in texts]
@@ -217,6 +240,8 @@ def judge(
     for i, rec in enumerate(records):
         if direct is not None:
             rec["direct_score"] = round(direct[i], 4)
+        if soft is not None:
+            rec["soft_score"] = None if soft[i] is None else round(soft[i], 6)
         if swapped is not None:
             rec["judgement_swapped"], rec["score_swapped"] = texts_sw[i], scores_sw[i]
             if direct is not None:
@@ -224,17 +249,24 @@ def judge(
     if fmt.name == "pairwise":
         metrics = _pairwise_metrics(scores, refs, direct, scores_sw, direct_sw)
     else:
-        metrics = _pointwise_metrics(fmt, scores, refs, direct, meta)
+        metrics = _pointwise_metrics(fmt, scores, refs, direct, soft, meta)
     metrics["generation_seconds"] = round(seconds, 2)
     # Metrics that have no data (e.g. no labels) are left out, not written as NaN.
     return {k: v for k, v in metrics.items() if v is not None}, records
 
 
-def _pointwise_metrics(fmt, scores, refs, direct, meta) -> dict:
+def _pointwise_metrics(fmt, scores, refs, direct, soft, meta) -> dict:
     labels = [m.get("label") for m in meta]
     tasks = [m.get("task_id") for m in meta]
-    labelled = [(s, y) for s, y in zip(scores, labels, strict=True) if y is not None]
-    parsed_labelled = [(s, y) for s, y in labelled if s is not None]
+    # per row: the judge's verdict right (None: no label), and the exact-match rule's
+    judged = [
+        None if y is None else s is not None and fmt.positive(s) == bool(y)
+        for s, y in zip(scores, labels, strict=True)
+    ]
+    rule = [_exact_match_right(m) for m in meta]
+    parsed_labelled = [
+        (s, y) for s, y in zip(scores, labels, strict=True) if s is not None and y is not None
+    ]
     with_ref = [
         (s, r) for s, r in zip(scores, refs, strict=True) if s is not None and r is not None
     ]
@@ -244,12 +276,12 @@ def _pointwise_metrics(fmt, scores, refs, direct, meta) -> dict:
         "n_eval": n,
         "n_parsed": sum(s is not None for s in scores),
         "parse_rate": _rate(sum(s is not None for s in scores), n),
-        "verdict_accuracy": _rate(
-            sum(s is not None and fmt.positive(s) == bool(y) for s, y in labelled), len(labelled)
-        ),
+        "verdict_accuracy": _round(mean_of(judged)),
         "verdict_accuracy_parsed": _rate(
             sum(fmt.positive(s) == bool(y) for s, y in parsed_labelled), len(parsed_labelled)
         ),
+        "exact_match_accuracy": _round(mean_of(rule)),
+        "n_exact_match": sum(r is not None for r in rule),
         "mean_abs_score_error": (
             round(sum(abs(s - r) for s, r in with_ref) / len(with_ref), 4) if with_ref else None
         ),
@@ -269,6 +301,11 @@ def _pointwise_metrics(fmt, scores, refs, direct, meta) -> dict:
         metrics["direct_pearson"] = _of_pairs(pearson, d_ref)
         metrics["direct_spearman"] = _of_pairs(spearman, d_ref)
         rankings["direct_"] = direct
+    if soft is not None:  # P(verdict) where the judge wrote it, after its critique
+        lab = [(v, int(y)) for v, y in zip(soft, labels, strict=True) if y is not None]
+        metrics["soft_auc"] = _of_pairs(auc, [(v, y) for v, y in lab if v is not None])
+        metrics["n_soft"] = sum(v is not None for v in soft)
+        rankings["soft_"] = soft
     for name, ranking in rankings.items():
         bon = best_of_n(tasks, ranking, labels)
         if bon:
@@ -279,7 +316,49 @@ def _pointwise_metrics(fmt, scores, refs, direct, meta) -> dict:
                 n_best_of_n_tasks=bon["tasks"],
                 best_of_n_mean_n=round(bon["mean_n"], 4),
             )
-    return metrics
+    return metrics | _intervals(metrics, tasks, scores, soft, labels, judged, rule)
+
+
+def _exact_match_right(meta: dict) -> bool | None:
+    """Whether ``response == reference`` (normalized) gets the row's label right; None where
+    the row does not name its response, reference and label (``metadata``)."""
+    if not {"response", "reference", "label"} <= meta.keys() or meta["label"] is None:
+        return None
+    match = normalize_answer(meta["response"]) == normalize_answer(meta["reference"])
+    return match == bool(meta["label"])
+
+
+def _intervals(metrics: dict, tasks, scores, soft, labels, judged, rule) -> dict:
+    """95% bootstrap intervals (whole tasks resampled, seeded) of the headline metrics, as
+    ``<metric>_lo`` / ``<metric>_hi``: a difference between two experiments inside them is noise."""
+
+    def pick(values, rows):
+        return [values[i] for i in rows]
+
+    def best(rows, ids):
+        found = best_of_n(ids, pick(scores, rows), pick(labels, rows))
+        return found["accuracy"] if found else None
+
+    def soft_auc(rows, ids):
+        kept = [(soft[i], labels[i]) for i in rows if soft[i] is not None and labels[i] is not None]
+        return auc([v for v, _ in kept], [int(y) for _, y in kept]) if kept else None
+
+    stats = {
+        "verdict_accuracy": lambda rows, ids: mean_of(pick(judged, rows)),
+        "exact_match_accuracy": lambda rows, ids: mean_of(pick(rule, rows)),
+        "pairwise_accuracy": lambda rows, ids: pairwise_accuracy(
+            ids, pick(scores, rows), pick(labels, rows)
+        )[0],
+        "best_of_n_accuracy": best,
+        "soft_auc": soft_auc,
+    }
+    out = {}
+    for name, stat in stats.items():
+        if metrics.get(name) is not None:
+            interval = bootstrap_interval(tasks, stat)
+            if interval is not None:
+                out[f"{name}_lo"], out[f"{name}_hi"] = (round(v, 4) for v in interval)
+    return out
 
 
 def _credit(judged: float | None, truth: float) -> float:

@@ -281,6 +281,7 @@ def _write(cfg: FuseConfig, fused, tokenizer, config: dict, info: dict, fused_di
                 "fuse_into": cfg.fuse_into,
                 "keep_quantized": cfg.keep_quantized,
                 "max_logit_diff": fused_diff,
+                "cpu_kernels": cfg.cpu_kernels,  # what the verification computed with
             },
         )
         card = JudgeCard.read(cfg.adapter_path)

@@ -124,6 +124,13 @@ def test_stage_runs_on_a_fused_model(fused):
     assert len(judgements) == 12 and all("judgement" in j for j in judgements)
 
 
+def test_base_model_judges_the_same_rows_in_the_same_run(fused, tiny_model):
+    assert evaluate(_eval_args(fused, limit=6, base_model=tiny_model)) == 0
+    m = json.loads((fused / "eval.json").read_text())
+    assert m["base_n_eval"] == m["n_eval"] == 6 and 0 <= m["base_parse_rate"] <= 1
+    assert all("base_judgement" in j for j in read_jsonl(fused / "j.jsonl"))
+
+
 def test_metrics_of_a_perfect_and_a_broken_judge(fused, monkeypatch):
     import importlib
 
@@ -321,3 +328,60 @@ def test_a_regex_verdict_format(tmp_path, fused, monkeypatch):
 def test_bad_verdict_flags_are_refused(fused, capsys, extra, message):
     assert evaluate(_eval_args(fused, **extra)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bootstrap_interval_resamples_whole_tasks_and_is_seeded():
+    from src.judging.metrics import bootstrap_interval, mean_of
+
+    def accuracy(values):
+        return lambda rows, ids: mean_of([values[i] for i in rows])
+
+    # 100 independent rows, 87 right: the interval of a binomial proportion (+-0.066 at 95%)
+    right = [True] * 87 + [False] * 13
+    lo, hi = bootstrap_interval([None] * 100, accuracy(right))
+    assert lo == pytest.approx(0.87 - 0.066, abs=0.02) and hi == pytest.approx(
+        0.87 + 0.066, abs=0.02
+    )
+    assert bootstrap_interval([None] * 100, accuracy(right)) == (lo, hi)  # seeded
+    assert bootstrap_interval([None] * 100, accuracy([True] * 100)) == (1.0, 1.0)
+    # two tasks of ten rows, one all right, one all wrong: resampled whole, a resample's mean is
+    # 0, 0.5 or 1 (row-level resampling would give every tenth in between)
+    tasks = ["a"] * 10 + ["b"] * 10
+    seen = set()
+
+    def record(rows, ids):
+        seen.add(mean_of([i < 10 for i in rows]))
+        assert len(set(ids)) == 2 and len(rows) == 20  # a task drawn twice counts twice
+        return seen and mean_of([i < 10 for i in rows])
+
+    assert bootstrap_interval(tasks, record) == (0.0, 1.0)
+    assert seen == {0.0, 0.5, 1.0}
+
+
+def test_exact_match_normalizes_case_whitespace_and_punctuation():
+    from src.judging.metrics import normalize_answer
+
+    assert normalize_answer(" Elppa.") == normalize_answer("elppa") == "elppa"
+    assert normalize_answer("2000 M ") == normalize_answer("2000 m")
+    assert normalize_answer('"1, 2, 3"') == "1, 2, 3"  # inner punctuation stays
+    assert normalize_answer("0.5") != normalize_answer("1/2")  # the rule's limit: no equivalence
+
+
+def test_intervals_exact_match_and_soft_scores_in_the_metrics(tmp_path, fused, monkeypatch):
+    """A judge that copies the reference judgements: every headline metric carries its
+    interval, the exact-match rule is scored on the same rows (bare sample answers: 1.0), and
+    the soft score P(Yes) is read where each judgement wrote its verdict."""
+    rows = list(generate_rows(40, seed=3, long_fraction=0.0, verdict="yes_no", reference=True))
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+    references = iter([r["messages"][-1]["content"] for r in rows])
+    fake_generation(monkeypatch, lambda p: next(references))
+    out, judgements = tmp_path / "m.json", tmp_path / "j.jsonl"
+    assert evaluate(_eval_args(fused, data=data, metrics=out, judgements_out=judgements)) == 0
+    m = json.loads(out.read_text())
+    assert m["exact_match_accuracy"] == 1.0 and m["n_exact_match"] == 40
+    for name in ("verdict_accuracy", "pairwise_accuracy", "best_of_n_accuracy", "soft_auc"):
+        assert m[f"{name}_lo"] <= m[name] <= m[f"{name}_hi"], name
+    assert m["verdict_accuracy_lo"] == m["verdict_accuracy_hi"] == 1.0
+    assert m["n_soft"] == 40 and 0 <= m["soft_auc"] <= 1
+    soft = [j["soft_score"] for j in read_jsonl(judgements)]
+    assert all(0 <= s <= 1 for s in soft) and len(set(soft)) > 1  # the model's, not the verdict

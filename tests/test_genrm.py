@@ -458,3 +458,26 @@ def test_loading_the_judge_leaves_every_other_model_in_the_process_alone(fused, 
     if sys.platform == "linux":
         assert err.count("WARNING: MLX is using the reference BLAS") == 1
         assert "Fix: import src before mlx" in err or "Fix: install the project" in err
+
+
+def test_soft_scores_of_written_judgements_equal_those_read_while_generating(fused):
+    """evaluate's soft score (one forward pass over prompt + judgement up to the verdict) is
+    the one GenRM reads from the generation's own log-probabilities at that position."""
+    import re
+
+    from src.judging.scores import soft_scores, soft_verdict
+    from src.judging.verdicts import VerdictFormat
+
+    words = {"The": 1.0, "is": 0.0}
+    the = VerdictFormat("the", re.compile(r"\b(The|is)\b"), 0, 1, 1, words, "x {}")
+    template = "Task: {prompt}\nResponse: {response}\nVerdict:"
+    prompts, responses, _ = (list(x) for x in zip(*PAIRS, strict=True))
+    local = GenRM(fused / "merged", the, template, max_tokens=6, batch_size=2, soft=True)
+    tok = local.tokenizer
+    ids = local.prompt_ids(local.user_turns(prompts, responses, None))
+    tokens, tops = local._generate(ids)
+    pairs = zip(tokens, tops, strict=True)
+    want = [soft_verdict(the, tok, local.soft_values, t, top) for t, top in pairs]
+    got = soft_scores(local.model, tok, ids, [tok.decode(t) for t in tokens], the)
+    assert all(w is not None for w in want)
+    assert got == pytest.approx(want, abs=1e-4)

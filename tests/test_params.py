@@ -17,6 +17,7 @@ STAGE_MODULES = {
     "split": "src.split_data",
     "train": "src.train_sft",
     "fuse": "src.fuse_model",
+    "evaluate_base": "src.evaluate_genrm",
     "evaluate": "src.evaluate_genrm",
 }
 

@@ -64,7 +64,7 @@ def repo(tmp_path_factory):
 
 def test_repro_exp_run_diffs_and_noop(repo):
     out = _sh(repo, "dvc", "repro")
-    stages = {"prepare_model", "sample_data", "split", "train", "fuse", "evaluate"}
+    stages = {"prepare_model", "sample_data", "split", "train", "fuse", "evaluate_base", "evaluate"}
     for stage in stages:
         assert f"Running stage '{stage}'" in out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
@@ -101,6 +101,7 @@ def test_repro_exp_run_diffs_and_noop(repo):
     for stage in ("train", "fuse", "evaluate"):
         assert f"Running stage '{stage}'" in out
     assert "Running stage 'split'" not in out and "Running stage 'prepare_model'" not in out
+    assert "Running stage 'evaluate_base'" not in out  # the base's evaluation is cached
 
     params_diff = json.loads(_sh(repo, "dvc", "params", "diff", "--json"))
     rank = params_diff["params.yaml"]["lora.rank"]

@@ -204,6 +204,9 @@ def _row(
             "task_type": task.kind,
             "label": int(correct),
             "score": {"Yes": 1, "No": 0}.get(value, value),
+            # what the exact-match rule compares (evaluate's exact_match_accuracy)
+            "response": response,
+            "reference": task.answer,
         },
     }
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
+import string
 from collections import defaultdict
+from collections.abc import Callable
 
 
 def auc(scores: list[float], labels: list[int]) -> float | None:
@@ -91,3 +94,50 @@ def _ranks(v: list[float]) -> list[float]:
 def spearman(x: list[float], y: list[float]) -> float | None:
     """Spearman rank correlation (Pearson on average ranks)."""
     return pearson(_ranks(x), _ranks(y))
+
+
+def normalize_answer(text) -> str:
+    """An answer as the exact-match rule compares it: lower case, without surrounding whitespace
+    and punctuation (``" Elppa."`` -> ``"elppa"``)."""
+    return str(text).strip().strip(string.punctuation + string.whitespace).lower()
+
+
+def mean_of(values: list) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
+    kept = [float(v) for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def bootstrap_interval(
+    tasks: list,
+    stat: Callable[[list[int], list], float | None],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of a metric, resampling whole tasks: a task's rows stay
+    together (rows without a task id are tasks of their own), drawn with replacement as many
+    times as there are tasks. ``stat(rows, task_ids)`` computes the metric on the row indices of
+    one resample, where a task drawn twice counts as two tasks. Seeded: the same judgements give
+    the same interval. None when fewer than half the resamples give a value."""
+    groups = defaultdict(list)
+    for i, task in enumerate(tasks):
+        groups[("row", i) if task is None else ("task", task)].append(i)
+    members = list(groups.values())
+    rng = random.Random(seed)
+    values = []
+    for _ in range(resamples):
+        rows, ids = [], []
+        for draw in range(len(members)):
+            picked = members[rng.randrange(len(members))]
+            rows += picked
+            ids += [draw] * len(picked)
+        value = stat(rows, ids)
+        if value is not None:
+            values.append(value)
+    if len(values) < resamples / 2:
+        return None
+    values.sort()
+    tail = (1 - level) / 2
+    low, high = int(tail * len(values)), min(len(values) - 1, int((1 - tail) * len(values)))
+    return values[low], values[high]

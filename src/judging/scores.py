@@ -121,6 +121,24 @@ def value_token_ids(tokenizer, fmt: VerdictFormat) -> dict[int, float] | None:
     return {p[0]: raw[v] for v, p in paths.items()}
 
 
+def verdict_token_index(fmt: VerdictFormat, tokenizer, values: dict, tokens: list[int]):
+    """Where in a judgement's ``tokens`` its last verdict value was written: the index of a
+    token in ``values`` (``value_token_ids``), or None (no verdict, or not written as one of the
+    format's value tokens)."""
+    text = tokenizer.decode(tokens)
+    found = list(fmt.pattern.finditer(text))
+    if not found:
+        return None
+    start = found[-1].start(1)
+    ends = [len(tokenizer.decode(tokens[: k + 1])) for k in range(len(tokens))]
+    k = next((k for k, end in enumerate(ends) if end > start), None)
+    # A small vocabulary may tell the values apart by the space before them (" Yes" as
+    # " ", "Y", "es" against " N", "o"): then the value's token is the one before.
+    if k and tokens[k] not in values and tokens[k - 1] in values:
+        k -= 0 if text[ends[k - 1] - 1 : start].strip() else 1
+    return k if k is not None and tokens[k] in values else None
+
+
 def soft_verdict(
     fmt: VerdictFormat,
     tokenizer,
@@ -134,19 +152,48 @@ def soft_verdict(
     renormalized over the format's values, so P(Yes) after the critique for ``yes_no`` (Zhang
     et al.'s GenRM-CoT score, greedy critique). None without a verdict, or where the value was
     not written as one of the format's value tokens."""
-    text = tokenizer.decode(tokens)
-    found = list(fmt.pattern.finditer(text))
-    if not found:
-        return None
-    start = found[-1].start(1)
-    ends = [len(tokenizer.decode(tokens[: k + 1])) for k in range(len(tokens))]
-    k = next((k for k, end in enumerate(ends) if end > start), None)
-    # A small vocabulary may tell the values apart by the space before them (" Yes" as
-    # " ", "Y", "es" against " N", "o"): then the value's token is the one before.
-    if k and tokens[k] not in values and tokens[k - 1] in values:
-        k -= 0 if text[ends[k - 1] - 1 : start].strip() else 1
-    if k is None or k >= len(top) or tokens[k] not in values:
+    k = verdict_token_index(fmt, tokenizer, values, tokens)
+    if k is None or k >= len(top):
         return None
     probs = {t: math.exp(lp) for t, lp in top[k].items() if t in values}
     total = sum(probs.values())
     return sum(p * values[t] for t, p in probs.items()) / total if total > 0 else None
+
+
+def soft_scores(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    judgements: list[str | None],
+    fmt: VerdictFormat,
+    batch_size: int = 16,
+    head="auto",
+) -> list[float | None] | None:
+    """``soft_verdict`` of judgements already written (the evaluate stage's greedy ones), from
+    one forward pass over each prompt and its judgement up to the verdict: the model's full
+    distribution there, renormalized over the format's values (P(Yes) after the judge's own
+    critique). None for a format whose values are not one token each; a row without a verdict
+    token gets None."""
+    import mlx.nn as nn
+    import numpy as np
+
+    values = value_token_ids(tokenizer, fmt)
+    if values is None:
+        return None
+    if isinstance(head, str):
+        head = checked_head(model) if isinstance(model, nn.Module) else None
+    jobs = []
+    for i, (prompt, text) in enumerate(zip(prompt_ids, judgements, strict=True)):
+        tokens = tokenizer.encode(text or "", add_special_tokens=False)
+        k = verdict_token_index(fmt, tokenizer, values, tokens)
+        if k is not None:
+            jobs.append((i, list(prompt) + tokens[:k]))
+    ids = list(values)
+    raw = np.array([values[t] for t in ids])
+    out: list[float | None] = [None] * len(prompt_ids)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        probs = _next_token_probs(model, head, [seq for _, seq in chunk])[:, ids]
+        for (i, _), p in zip(chunk, probs, strict=True):
+            out[i] = float(p @ raw / p.sum()) if p.sum() > 0 else None
+    return out

@@ -33,6 +33,12 @@ def _candidates() -> list[str]:
     return found
 
 
+def fast_blas() -> str | None:
+    """The fast CBLAS the preload would load (what ``LD_PRELOAD`` should name), or None."""
+    found = _candidates()
+    return found[0] if found else None
+
+
 def preload_fast_blas() -> str | None:
     """On Linux, load the first fast CBLAS found; no-op elsewhere, when disabled or too late."""
     global _loaded
@@ -86,9 +92,9 @@ def warn_if_slow_blas() -> None:
     mlx_can_use = [lib for lib in report.split(", ") if "scipy_openblas" not in lib]
     if not any(k in lib for lib in mlx_can_use for k in ("mkl", "openblas")):
         _warned = True
-        fast = _candidates()
+        fast = fast_blas()
         fix = (
-            f"import src before mlx in your program, or start it with LD_PRELOAD={fast[0]}"
+            f"import src before mlx in your program, or start it with LD_PRELOAD={fast}"
             if fast
             else "install the project with `uv sync` (it brings MKL on x86_64), or point "
             "GENRM_BLAS at a libopenblas.so"
