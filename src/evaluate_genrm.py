@@ -29,6 +29,9 @@ Pointwise data (one response per row; ``metadata.label`` 1 if it is correct):
 - ``exact_match_accuracy``: the rule the judge must beat, ``response == reference`` (normalized:
   case, surrounding whitespace and punctuation), on the same rows, where ``metadata`` names the
   ``response`` and the ``reference``;
+- with ``--votes K`` (``eval.votes``): K critiques per row sampled at ``eval.temperature``
+  (GenRM-CoT voting, Zhang et al. 2024): ``soft_auc_votes`` and ``best_of_n_soft_votes_accuracy``
+  of the mean soft score, ``verdict_accuracy_votes`` of the majority verdict;
 - ``<metric>_lo`` / ``<metric>_hi``: a 95% bootstrap interval of ``verdict_accuracy``,
   ``pairwise_accuracy``, ``best_of_n_accuracy``, ``soft_auc`` and ``exact_match_accuracy``
   (whole tasks resampled, 1000 times, seeded: the same judgements give the same interval).
@@ -105,11 +108,22 @@ class EvalConfig:
     verdict_pattern: str = arg("", "with --verdict regex: a regex whose one group is the number")
     verdict_min: float = arg(0.0, "with --verdict regex: lowest score")
     verdict_max: float = arg(10.0, "with --verdict regex: highest score")
+    votes: int = arg(
+        0,
+        "sampled critiques per row (GenRM-CoT voting): their soft scores averaged and their "
+        "verdicts' majority, as *_votes metrics beside the greedy ones; 0: none",
+    )
+    temperature: float = arg(0.7, "sampling temperature of the votes")
+    ood_data: Path | None = arg(
+        None, "held-out rows from task families never trained on: judged too, metrics ood_*"
+    )
     cpu_kernels: str = kernels_arg()
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size"):
             check_range(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        check_range("--votes", self.votes, 0)
+        check_range("--temperature", self.temperature, 0.0)
         check_range("--limit", self.limit, 0, hint="0 evaluates every row.")
         check_choice("--cpu-kernels", self.cpu_kernels, KERNELS)
         if self.verdict != "auto":
@@ -129,18 +143,23 @@ def _of_pairs(f, pairs: list[tuple]) -> float | None:
     return _round(f([x for x, _ in pairs], [y for _, y in pairs])) if pairs else None
 
 
-def run(cfg: EvalConfig) -> dict:
-    from .modeling.load import load_base
-
-    numbered = read_jsonl(cfg.data)
-    if validate_rows(numbered, cfg.data) != CHAT:
+def _chat_rows(path: Path) -> list[tuple[int, dict]]:
+    numbered = read_jsonl(path)
+    if validate_rows(numbered, path) != CHAT:
         raise DataError(
-            cfg.data,
+            path,
             None,
             "the judge is evaluated on chat rows",
             'use {"messages": [...]} rows ending with the reference judgement',
         )
-    numbered = numbered[: cfg.limit or None]
+    return numbered
+
+
+def run(cfg: EvalConfig) -> dict:
+    from .modeling.load import load_base
+
+    numbered = _chat_rows(cfg.data)[: cfg.limit or None]
+    held_out = [r for _, r in _chat_rows(cfg.ood_data)] if cfg.ood_data else []
     fmt = resolve(
         cfg.verdict,
         [(line, r["messages"][-1]["content"]) for line, r in numbered],
@@ -160,6 +179,10 @@ def run(cfg: EvalConfig) -> dict:
         metrics.update({f"base_{k}": v for k, v in base_metrics.items()})
         for rec, base_rec in zip(records, base_records, strict=True):
             rec["base_judgement"], rec["base_score"] = base_rec["judgement"], base_rec["score"]
+    if held_out:  # task families the judge never saw: does it generalize?
+        ood_metrics, ood_records = judge(model, tokenizer, held_out, fmt, cfg)
+        metrics.update({f"ood_{k}": v for k, v in ood_metrics.items()})
+        records += [{**rec, "set": "ood"} for rec in ood_records]
     metrics[f"verdict_format_{fmt.name}"] = 1
     write_jsonl(cfg.judgements_out, records)
     return metrics
@@ -207,6 +230,35 @@ def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tu
     return texts, direct, soft, seconds
 
 
+def _votes(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tuple:
+    """``cfg.votes`` judgements per conversation sampled at ``cfg.temperature`` (seeded): per
+    row the mean soft score and the mean verdict on [0, 1] (a verdict share: 0.5 or more is a
+    positive majority), None where no vote gave one; and the seconds spent."""
+    import mlx.core as mx
+    from mlx_lm.generate import batch_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    prompt_ids = chat_prompt_ids(tokenizer, conversations)
+    repeated = [p for p in prompt_ids for _ in range(cfg.votes)]
+    mx.random.seed(0)
+    sampler = make_sampler(cfg.temperature)
+    texts, t0 = [], time.perf_counter()
+    for start in range(0, len(repeated), cfg.batch_size):
+        batch = repeated[start : start + cfg.batch_size]
+        texts += batch_generate(
+            model, tokenizer, batch, max_tokens=cfg.max_tokens, sampler=sampler
+        ).texts
+    seconds = time.perf_counter() - t0
+    soft = soft_scores(model, tokenizer, repeated, texts, fmt) or [None] * len(texts)
+    verdicts = [None if (v := fmt.parse(t)) is None else fmt.unit(v) for t in texts]
+    return average_votes(soft, cfg.votes), average_votes(verdicts, cfg.votes), seconds
+
+
+def average_votes(values: list, k: int) -> list[float | None]:
+    """Consecutive groups of ``k`` votes -> the mean of each group's values that are not None."""
+    return [mean_of(values[i : i + k]) for i in range(0, len(values), k)]
+
+
 def judge(
     model,
     tokenizer,
@@ -223,6 +275,10 @@ def judge(
     if swapped is not None:
         texts_sw, direct_sw, _, more = _generate(model, tokenizer, swapped, fmt, cfg)
         scores_sw = [fmt.parse(t) for t in texts_sw]
+        seconds += more
+    votes = None
+    if cfg.votes and fmt.name != "pairwise":
+        *votes, more = _votes(model, tokenizer, [r["messages"][:-1] for r in rows], fmt, cfg)
         seconds += more
     scores = [fmt.parse(t) for t in texts]
     refs = [fmt.parse(r["messages"][-1]["content"]) for r in rows]
@@ -242,6 +298,8 @@ def judge(
             rec["direct_score"] = round(direct[i], 4)
         if soft is not None:
             rec["soft_score"] = None if soft[i] is None else round(soft[i], 6)
+        if votes is not None:
+            rec["soft_score_votes"], rec["verdict_votes"] = (_round(v[i]) for v in votes)
         if swapped is not None:
             rec["judgement_swapped"], rec["score_swapped"] = texts_sw[i], scores_sw[i]
             if direct is not None:
@@ -250,6 +308,8 @@ def judge(
         metrics = _pairwise_metrics(scores, refs, direct, scores_sw, direct_sw)
     else:
         metrics = _pointwise_metrics(fmt, scores, refs, direct, soft, meta)
+        if votes is not None:
+            metrics |= _vote_metrics(*votes, meta)
     metrics["generation_seconds"] = round(seconds, 2)
     # Metrics that have no data (e.g. no labels) are left out, not written as NaN.
     return {k: v for k, v in metrics.items() if v is not None}, records
@@ -316,7 +376,56 @@ def _pointwise_metrics(fmt, scores, refs, direct, soft, meta) -> dict:
                 n_best_of_n_tasks=bon["tasks"],
                 best_of_n_mean_n=round(bon["mean_n"], 4),
             )
+    metrics |= _free_form_metrics(meta, tasks, judged, rule)
     return metrics | _intervals(metrics, tasks, scores, soft, labels, judged, rule)
+
+
+def _free_form_metrics(meta: list, tasks: list, judged: list, rule: list) -> dict:
+    """The judge and the exact-match rule on the free-form rows alone (``metadata.free_form``):
+    where a judge is worth more than the rule. Empty without such rows."""
+    free = [bool(m.get("free_form")) for m in meta]
+    if not any(free):
+        return {}
+    judged_ff = [j if f else None for j, f in zip(judged, free, strict=True)]
+    rule_ff = [r if f else None for r, f in zip(rule, free, strict=True)]
+    metrics = {
+        "n_free_form": sum(free),
+        "verdict_accuracy_free_form": _round(mean_of(judged_ff)),
+        "exact_match_accuracy_free_form": _round(mean_of(rule_ff)),
+    }
+    stats = {
+        "verdict_accuracy_free_form": lambda rows, ids: mean_of([judged_ff[i] for i in rows]),
+        "exact_match_accuracy_free_form": lambda rows, ids: mean_of([rule_ff[i] for i in rows]),
+    }
+    return metrics | _with_intervals(metrics, tasks, stats)
+
+
+def _vote_metrics(soft: list, verdicts: list, meta: list) -> dict:
+    """The voted judge's metrics, suffixed ``_votes``: ``verdict_accuracy`` of the majority
+    verdict (a tie is positive; no parsed vote counts as wrong), ``soft_auc`` and best-of-N of
+    the mean soft score, with intervals."""
+    labels = [m.get("label") for m in meta]
+    tasks = [m.get("task_id") for m in meta]
+    judged = [
+        None if y is None else v is not None and (v >= 0.5) == bool(y)
+        for v, y in zip(verdicts, labels, strict=True)
+    ]
+    scored = [
+        (v, int(y)) for v, y in zip(soft, labels, strict=True) if v is not None and y is not None
+    ]
+    metrics = {
+        "verdict_accuracy_votes": _round(mean_of(judged)),
+        "soft_auc_votes": _of_pairs(auc, scored),
+    }
+    bon = best_of_n(tasks, soft, labels)
+    if bon:
+        metrics["best_of_n_soft_votes_accuracy"] = round(bon["accuracy"], 4)
+
+    stats = {
+        "verdict_accuracy_votes": lambda rows, ids: mean_of([judged[i] for i in rows]),
+        "soft_auc_votes": _auc_stat(soft, labels),
+    }
+    return metrics | _with_intervals(metrics, tasks, stats)
 
 
 def _exact_match_right(meta: dict) -> bool | None:
@@ -339,10 +448,6 @@ def _intervals(metrics: dict, tasks, scores, soft, labels, judged, rule) -> dict
         found = best_of_n(ids, pick(scores, rows), pick(labels, rows))
         return found["accuracy"] if found else None
 
-    def soft_auc(rows, ids):
-        kept = [(soft[i], labels[i]) for i in rows if soft[i] is not None and labels[i] is not None]
-        return auc([v for v, _ in kept], [int(y) for _, y in kept]) if kept else None
-
     stats = {
         "verdict_accuracy": lambda rows, ids: mean_of(pick(judged, rows)),
         "exact_match_accuracy": lambda rows, ids: mean_of(pick(rule, rows)),
@@ -350,8 +455,25 @@ def _intervals(metrics: dict, tasks, scores, soft, labels, judged, rule) -> dict
             ids, pick(scores, rows), pick(labels, rows)
         )[0],
         "best_of_n_accuracy": best,
-        "soft_auc": soft_auc,
+        "soft_auc": _auc_stat(soft, labels),
     }
+    return _with_intervals(metrics, tasks, stats)
+
+
+def _auc_stat(values: list, labels: list):
+    """A resample's AUC of ``values`` against ``labels`` (rows with both), for the bootstrap."""
+
+    def stat(rows, ids):
+        kept = [
+            (values[i], labels[i]) for i in rows if values[i] is not None and labels[i] is not None
+        ]
+        return auc([v for v, _ in kept], [int(y) for _, y in kept]) if kept else None
+
+    return stat
+
+
+def _with_intervals(metrics: dict, tasks: list, stats: dict) -> dict:
+    """``<name>_lo`` / ``<name>_hi`` for each metric in ``stats`` that has a value."""
     out = {}
     for name, stat in stats.items():
         if metrics.get(name) is not None:

@@ -8,7 +8,9 @@ Params: ``data.rows``, ``data.seed``, ``data.reference`` (reference-guided promp
 answer is in the prompt and the judge compares; see ``src/data/sample.py``), ``data.verdict``
 (the verdict format the critiques end with: ``score10``, ``yes_no``, ``result5``, ``rating10`` or
 ``pairwise``; see ``src/judging/verdicts.py``), ``data.direct`` (the fraction of rows judged by the
-verdict line alone, without a critique).
+verdict line alone, without a critique), ``data.free_form`` (the fraction of free-form
+responses), ``data.ood_rows`` and ``data.ood_free_form`` (evaluation-only rows from task families
+never trained on, written to ``--ood-out`` for the evaluate stage's ``ood_*`` metrics).
 
     uv run python -m src.make_sample_data --rows 3000 --seed 0 \
         --out data/processed/sft/sft_genrm_train.jsonl
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .data.sample import VERDICTS, generate_rows
+from .data.sample import HELD_OUT_MAKERS, VERDICTS, generate_rows
 from .data.sft import dumps
 from .runtime import arg, check_choice, check_range, config_parser, stage_main, write_jsonl
 
@@ -36,21 +38,48 @@ class SampleDataConfig:
         "score10", "verdict format the critiques end with", choices=(*VERDICTS, "pairwise")
     )
     direct: float = arg(0.0, "fraction of rows judged by the verdict line alone (no critique)")
+    free_form: float = arg(
+        0.0,
+        "fraction of rows whose response is free-form (the answer in a sentence, a worked "
+        "solution, an equivalent form); the label stays the program's",
+    )
     out: Path = arg(paths.RAW, "the JSONL written")
+    ood_rows: int = arg(0, "evaluation-only rows from task families never in --out (0: none)")
+    ood_free_form: float = arg(0.5, "fraction of those rows with free-form responses")
+    ood_out: Path = arg(paths.OOD, "the held-out rows' JSONL (written when --ood-rows > 0)")
 
     def __post_init__(self) -> None:
         check_range("--rows", self.rows, 1)
         check_range("--direct", self.direct, 0.0, 1.0)
+        check_range("--free-form", self.free_form, 0.0, 1.0)
+        check_range("--ood-rows", self.ood_rows, 0)
+        check_range("--ood-free-form", self.ood_free_form, 0.0, 1.0)
         check_choice("--verdict", self.verdict, (*VERDICTS, "pairwise"))
 
 
 def run(cfg: SampleDataConfig) -> dict:
+    common = dict(reference=cfg.reference, verdict=cfg.verdict)
     generated = list(
-        generate_rows(
-            cfg.rows, cfg.seed, reference=cfg.reference, verdict=cfg.verdict, direct=cfg.direct
+        generate_rows(cfg.rows, cfg.seed, direct=cfg.direct, free_form=cfg.free_form, **common)
+    )
+    held_out = (
+        list(
+            generate_rows(
+                cfg.ood_rows,
+                cfg.seed,
+                long_fraction=0.0,
+                free_form=cfg.ood_free_form,
+                makers=HELD_OUT_MAKERS,
+                prefix="ood",
+                **common,
+            )
         )
+        if cfg.ood_rows
+        else []
     )
     write_jsonl(cfg.out, generated, dumps=dumps)
+    if cfg.ood_rows:
+        write_jsonl(cfg.ood_out, held_out, dumps=dumps)
     labels = Counter(r["metadata"]["label"] for r in generated)
     n_direct = sum("\n" not in r["messages"][-1]["content"] for r in generated)
     return {
@@ -58,6 +87,8 @@ def run(cfg: SampleDataConfig) -> dict:
         "n_correct": labels[1],
         "n_incorrect": labels[0],
         "n_direct": n_direct,
+        "n_free_form": sum(bool(r["metadata"].get("free_form")) for r in generated),
+        "n_ood": len(held_out),
     }
 
 

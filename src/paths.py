@@ -13,6 +13,7 @@ RAW = Path("data/processed/sft/sft_genrm_train.jsonl")
 TRAIN_SPLIT = Path("data/processed/sft/sft_train.jsonl")
 VALID_SPLIT = Path("data/processed/sft/sft_valid.jsonl")
 REJECTS = Path("data/processed/sft/sft_rejects.jsonl")
+OOD = Path("data/processed/sft/sft_heldout_families.jsonl")  # evaluation only
 ADAPTER = Path("checkpoints/sft_adapter")
 STATE = Path("checkpoints/sft_adapter_state")
 MERGED = Path("checkpoints/sft_merged_model")
@@ -25,6 +26,7 @@ DVC_VARS = {
     "train_split": TRAIN_SPLIT,
     "valid_split": VALID_SPLIT,
     "rejects": REJECTS,
+    "ood": OOD,
     "adapter": ADAPTER,
     "state": STATE,
     "merged": MERGED,

@@ -149,7 +149,7 @@ def fake_generation(monkeypatch, answer) -> None:
 
     gen = importlib.import_module("mlx_lm.generate")  # the module, not the function
 
-    def fake(model, tokenizer, prompts, max_tokens):
+    def fake(model, tokenizer, prompts, max_tokens, **sampling):
         return SimpleNamespace(texts=[answer(tokenizer.decode(p)) for p in prompts])
 
     monkeypatch.setattr(gen, "batch_generate", fake)

@@ -106,3 +106,70 @@ def test_embedded_model_is_deterministic_and_loads(tmp_path):
     assert isinstance(text, str) and len(text) > 0
     # generation stops at <end_of_turn>, as gemma-2b-it's does
     assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in tokenizer.eos_token_ids
+
+
+def _final_answer(response: str, reference: str) -> str:
+    """The final answer of a free-form response, read back independently of the generator: the
+    last number where the truth is a number (a unit after it is not restated), else the last
+    word."""
+    if re.match(r"-?\d", reference):
+        return re.findall(r"-?\d+(?:\.\d+)?", response)[-1]
+    return re.findall(r"[A-Za-z]+", response)[-1]
+
+
+def _same(final: str, answer: str) -> bool:
+    number = re.match(r"-?\d+(?:\.\d+)?", answer)
+    if number:  # 2050.0 is 2050, 7.50 is 7.5 (a unit after the number is not restated)
+        return float(final) == float(number.group(0))
+    return final == answer
+
+
+def test_free_form_rows_are_labelled_by_their_final_answer():
+    """Every free-form response's label is re-checked from its text: its final answer (the
+    last number, or the last word) against the truth; sentences, worked solutions, equivalent
+    forms and right-step-wrong-end responses all occur, and free_form=0 keeps the old bytes."""
+    rows = list(generate_rows(3000, seed=0, reference=True, verdict="yes_no", free_form=0.5))
+    free = [r for r in rows if r["metadata"].get("free_form")]
+    assert 950 < len(free) < 1300  # half of the rows that have a free form (~75%: not sorting)
+    for r in free:
+        meta = r["metadata"]
+        final = _final_answer(meta["response"], meta["reference"])
+        assert _same(final, meta["reference"]) == bool(meta["label"]), meta
+        # the critique names that final answer (in the reference's form) before comparing
+        named = re.search(r"final answer is (.*?)\. The", r["messages"][1]["content"]).group(1)
+        assert _same(final, named), (final, named)
+    texts = [r["metadata"]["response"] for r in free]
+    assert any(t.startswith("The answer is ") for t in texts)
+    assert any(re.fullmatch(r"\d+ [-+*] \d+ = -?\d+", t) for t in texts)  # worked
+    assert any(re.fullmatch(r"-?\d+\.\d+0?( \w+)?", t) for t in texts)  # equivalent form
+    assert any(", so the answer is " in t for t in texts)  # right step, wrong end
+    plain = "".join(dumps(r) for r in generate_rows(500, seed=0, reference=True))
+    same = "".join(dumps(r) for r in generate_rows(500, seed=0, reference=True, free_form=0.0))
+    assert plain == same
+
+
+def test_held_out_families_never_reach_the_training_data(tmp_path):
+    from src.data.sample import HELD_OUT_MAKERS
+    from src.make_sample_data import SampleDataConfig
+    from src.make_sample_data import run as make_sample_data
+
+    out, ood = tmp_path / "train.jsonl", tmp_path / "ood.jsonl"
+    cfg = SampleDataConfig(
+        rows=600, reference=True, verdict="yes_no", out=out, ood_rows=60, ood_out=ood
+    )
+    metrics = make_sample_data(cfg)
+    assert metrics["n_ood"] == 60
+    import json
+
+    train = [json.loads(line) for line in out.read_text().splitlines()]
+    held = [json.loads(line) for line in ood.read_text().splitlines()]
+    families = {"weekday", "largest", "letter_count"}
+    assert len(HELD_OUT_MAKERS) == len(families)
+    assert {r["metadata"]["task_type"] for r in held} == families
+    assert not families & {r["metadata"]["task_type"] for r in train}
+    assert not {r["metadata"]["task_id"] for r in held} & {r["metadata"]["task_id"] for r in train}
+    assert 15 < sum(bool(r["metadata"].get("free_form")) for r in held) < 45
+    for r in held:  # labels by construction, re-checked
+        meta = r["metadata"]
+        final = _final_answer(meta["response"], meta["reference"])
+        assert _same(final, meta["reference"]) == bool(meta["label"]), meta

@@ -385,3 +385,86 @@ def test_intervals_exact_match_and_soft_scores_in_the_metrics(tmp_path, fused, m
     assert m["n_soft"] == 40 and 0 <= m["soft_auc"] <= 1
     soft = [j["soft_score"] for j in read_jsonl(judgements)]
     assert all(0 <= s <= 1 for s in soft) and len(set(soft)) > 1  # the model's, not the verdict
+
+
+def test_average_votes_groups_consecutive_votes():
+    from src.evaluate_genrm import average_votes
+
+    assert average_votes([0.2, 0.4, None, None, 1.0, None], 2) == [
+        pytest.approx(0.3),
+        None,
+        1.0,
+    ]
+
+
+def test_one_vote_at_temperature_zero_is_the_greedy_judgement(fused):
+    """Voting with K=1 at temperature 0 gives the greedy judge's soft score and verdict, row
+    for row (the tiny judge's own generations; the format is a double that reads words it
+    writes, as in test_genrm)."""
+    import re
+
+    from src.evaluate_genrm import EvalConfig, _generate, _votes
+    from src.judging.verdicts import VerdictFormat
+    from src.modeling.load import load_base
+
+    the = VerdictFormat(
+        "the", re.compile(r"\b(The|is)\b"), 0, 1, 1, {"The": 1.0, "is": 0.0}, "x {}"
+    )
+    model, tok, _, _ = load_base(str(fused / "merged"), 0, 64)
+    rows = read_jsonl(fused / "valid.jsonl")[:6]
+    conversations = [r["messages"][:-1] for r in rows]
+    cfg = EvalConfig(max_tokens=6, batch_size=4, votes=1, temperature=0.0)
+    texts, _, soft, _ = _generate(model, tok, conversations, the, cfg)
+    vote_soft, vote_verdicts, _ = _votes(model, tok, conversations, the, cfg)
+    assert any(s is not None for s in soft)
+    assert vote_soft == pytest.approx(soft, abs=1e-6)
+    assert vote_verdicts == [None if (v := the.parse(t)) is None else v for t in texts]
+
+
+def test_votes_through_the_command(tmp_path, fused, monkeypatch):
+    """--votes K --temperature T: K judgements per row; a judge whose every vote copies the
+    reference judgement has a perfect majority, with its interval."""
+    rows = list(generate_rows(24, seed=6, long_fraction=0.0, verdict="yes_no", reference=True))
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+    by_prompt = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in rows}
+    calls = []
+
+    def answer(prompt):
+        calls.append(prompt)
+        return next(ref for user, ref in by_prompt.items() if user in prompt)
+
+    fake_generation(monkeypatch, answer)
+    out, judgements = tmp_path / "m.json", tmp_path / "j.jsonl"
+    args = _eval_args(fused, data=data, metrics=out, judgements_out=judgements)
+    assert evaluate([*args, "--votes", "3", "--temperature", "0.7"]) == 0
+    m = json.loads(out.read_text())
+    assert len(calls) == 24 * (1 + 3)  # the greedy judgement and three votes per row
+    assert m["verdict_accuracy_votes"] == m["verdict_accuracy_votes_lo"] == 1.0
+    assert 0 <= m["soft_auc_votes_lo"] <= m["soft_auc_votes"] <= m["soft_auc_votes_hi"] <= 1
+    assert all(j["verdict_votes"] in (0.0, 1.0) for j in read_jsonl(judgements))
+    assert evaluate([*args, "--votes", "-1"]) == 2
+
+
+def test_held_out_families_and_free_form_rows_are_scored_apart(tmp_path, fused, monkeypatch):
+    """--ood-data: the held-out families' rows are judged too (ood_* metrics, records marked
+    "ood"); on free-form rows a judge that reads the final answer beats the exact-match rule."""
+    from src.data.sample import HELD_OUT_MAKERS
+
+    common = dict(long_fraction=0.0, verdict="yes_no", reference=True, free_form=0.5)
+    rows = list(generate_rows(30, seed=7, **common))
+    held = list(generate_rows(20, seed=7, makers=HELD_OUT_MAKERS, prefix="ood", **common))
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+    ood = write_jsonl(tmp_path / "ood.jsonl", held)
+    by_prompt = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in rows + held}
+    fake_generation(monkeypatch, lambda p: next(v for u, v in by_prompt.items() if u in p))
+    out, judgements = tmp_path / "m.json", tmp_path / "j.jsonl"
+    args = _eval_args(fused, data=data, metrics=out, judgements_out=judgements, ood_data=ood)
+    assert evaluate(args) == 0
+    m = json.loads(out.read_text())
+    assert m["ood_n_eval"] == 20 and m["ood_verdict_accuracy"] == 1.0
+    assert m["ood_exact_match_accuracy"] < 1.0  # the rule misreads free-form answers
+    assert m["verdict_accuracy_free_form"] == 1.0 > m["exact_match_accuracy_free_form"]
+    assert m["n_free_form"] == sum(bool(r["metadata"].get("free_form")) for r in rows)
+    assert m["ood_verdict_accuracy_free_form_lo"] <= 1.0
+    marked = [j.get("set") for j in read_jsonl(judgements)]
+    assert marked.count("ood") == 20 and len(marked) == 50

@@ -14,6 +14,7 @@ explicitly.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -152,8 +153,98 @@ def _string(rng: random.Random) -> Task:
 
 _MAKERS = (_arithmetic, _conversion, _sorting, _string)
 
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
-def _critique_body(task: Task, response: str, correct: bool, reference: bool) -> str:
+
+def _weekday(rng: random.Random) -> Task:
+    day, ahead = rng.randrange(7), rng.randint(1, 20)
+    answer = _DAYS[(day + ahead) % 7]
+
+    def wrong(r: random.Random) -> str:
+        return _DAYS[(day + ahead + r.choice([-1, 1, 2])) % 7]
+
+    return Task("weekday", f"What day comes {ahead} days after {_DAYS[day]}?", answer, wrong)
+
+
+def _largest(rng: random.Random) -> Task:
+    nums = rng.sample(range(1, 200), rng.randint(4, 7))
+    answer = max(nums)
+
+    def wrong(r: random.Random) -> str:
+        return str(r.choice([n for n in nums if n != answer]))
+
+    question = f"What is the largest number in: {', '.join(map(str, nums))}?"
+    return Task("largest", question, str(answer), wrong)
+
+
+def _letter_count(rng: random.Random) -> Task:
+    word = rng.choice(_WORDS)
+    letter = rng.choice(sorted(set(word)))
+    answer = word.count(letter)
+
+    def wrong(r: random.Random) -> str:
+        return str(answer + r.choice([1, 2]) if answer < 2 else answer + r.choice([-1, 1]))
+
+    return Task(
+        "letter_count", f"How many times does '{letter}' appear in '{word}'?", str(answer), wrong
+    )
+
+
+# Task families that never reach the training data: the evaluate stage's held-out (ood_*) rows.
+HELD_OUT_MAKERS = (_weekday, _largest, _letter_count)
+
+
+def _free_form(task: Task, final: str, correct: bool, rng: random.Random) -> str | None:
+    """A free-form response whose final answer is ``final``: the answer inside a sentence, an
+    equivalent form (``7.5`` as ``7.50``, ``42`` as ``42.0``), a short worked solution ending in
+    it, or (wrong rows) a right intermediate step followed by a wrong final answer. None where
+    the task has no free form here (sorted lists stay bare)."""
+    if task.kind == "sorting":
+        return None
+    styles = ["sentence", "sentence", "equivalent"]
+    worked = re.fullmatch(r"Compute (\d+) ([-+*]) (\d+)\.", task.question)
+    if worked:
+        styles += ["worked", "worked"] + ([] if correct else ["right_step_wrong_end"] * 2)
+    style = rng.choice(styles)
+    if style == "equivalent":
+        number = re.match(r"-?\d+(\.\d+)?", final)
+        if number is None or not correct:
+            style = "sentence"
+        else:
+            text = number.group(0)
+            same = f"{text}0" if "." in text else f"{text}.0"
+            return same + final[number.end() :]
+    if style == "sentence":
+        return rng.choice(
+            (
+                "The answer is {}.",
+                "Answer: {}",
+                "After working it out, I get {}.",
+                "I believe the result is {}.",
+            )
+        ).format(final)
+    a, op, b = worked.groups()
+    if style == "worked":
+        return (
+            rng.choice(("{} {} {} = {}", "First, {} {} {} = {}. So the answer is that."))
+            .format(a, op, b, final)
+            .replace(
+                " = " + final + ". So the answer is that.", f" = {final}. So the answer is {final}."
+            )
+        )
+    return f"{a} {op} {b} = {task.answer}, so the answer is {final}."
+
+
+def _critique_body(
+    task: Task, response: str, correct: bool, reference: bool, final: str | None = None
+) -> str:
+    if final is not None:  # a free-form response: name its final answer, then compare
+        truth = "The reference answer" if reference else "The correct answer"
+        match = "they match" if correct else "they do not match"
+        return (
+            f"The response's final answer is {final}. {truth} is {task.answer}; {match}, so "
+            f"the response is {'correct' if correct else 'wrong'}."
+        )
     if reference:  # restate, compare, conclude
         verdict = (
             "matches the reference, so the response is correct"
@@ -186,10 +277,13 @@ def _row(
     reference: bool = False,
     verdict: str = "score10",
     direct: bool = False,
+    final: str | None = None,
 ) -> dict:
+    """One pointwise row; ``final``: the final answer of a free-form ``response``."""
     good, bad = VERDICTS[verdict]
     value = rng.choice(good if correct else bad)
-    critique = "" if direct else f"Critique: {_critique_body(task, response, correct, reference)}\n"
+    body = _critique_body(task, response, correct, reference, final)
+    critique = "" if direct else f"Critique: {body}\n"
     critique += FORMATS[verdict].template.format(value)
     prompt = judge_prompt(
         task.question, response, verdict, task.answer if reference else None, direct
@@ -207,6 +301,7 @@ def _row(
             # what the exact-match rule compares (evaluate's exact_match_accuracy)
             "response": response,
             "reference": task.answer,
+            **({"free_form": True} if final is not None else {}),
         },
     }
 
@@ -255,6 +350,9 @@ def generate_rows(
     reference: bool = False,
     verdict: str = "score10",
     direct: float = 0.0,
+    free_form: float = 0.0,
+    makers: tuple = _MAKERS,
+    prefix: str = "t",
 ) -> Iterator[dict]:
     """Yield ``n_rows`` GenRM rows; correct and incorrect candidates are balanced.
     ``reference``: reference-guided rows (the correct answer in the prompt). ``verdict``: the
@@ -265,6 +363,10 @@ def generate_rows(
     verdict probability at the start of a reply (the direct score: one forward pass, no
     generation) means something. Rows that ask for a critique always get one, so greedy
     generation on them writes it. ``direct=0`` gives the same bytes as before it existed.
+    ``free_form``: the fraction of pointwise rows whose response is free-form (``_free_form``;
+    the label is still decided by the program: the final answer against the truth), drawn from
+    a stream of its own, so ``free_form=0`` gives the same bytes as before too. ``makers``: the
+    task families (``HELD_OUT_MAKERS`` for the held-out rows, task ids starting ``prefix``).
 
     A task gets 1-3 candidate responses (pairwise: 1-3 comparisons), so pairwise comparisons and
     best-of-N exist. About ``long_fraction`` of the tasks are sorting tasks over hundreds of
@@ -276,6 +378,7 @@ def generate_rows(
         raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, pairwise; got {verdict!r}")
     rng = random.Random(seed)
     short = random.Random(f"direct-{seed}")  # its own stream: the rows stay the same
+    free = random.Random(f"free-{seed}")  # likewise
     produced = 0
     task_index = 0
     next_correct = True
@@ -283,8 +386,8 @@ def generate_rows(
         if rng.random() < long_fraction:
             task = _sorting(rng, n=rng.randint(500, 900))
         else:
-            task = rng.choice(_MAKERS)(rng)
-        task_id = f"t{seed}-{task_index:06d}"
+            task = rng.choice(makers)(rng)
+        task_id = f"{prefix}{seed}-{task_index:06d}"
         task_index += 1
         for _ in range(rng.choice([1, 1, 2, 2, 3])):
             correct = next_correct
@@ -298,7 +401,11 @@ def generate_rows(
                 response = task.answer if correct else task.wrong(rng)
                 if not correct and response == task.answer:  # a "wrong" answer that is right
                     response = task.answer + "0"
-                row = _row(task_id, task, response, correct, rng, reference, verdict, brief)
+                final = None
+                if free_form and free.random() < free_form:
+                    text = _free_form(task, response, correct, free)
+                    final, response = (response, text) if text is not None else (None, response)
+                row = _row(task_id, task, response, correct, rng, reference, verdict, brief, final)
             yield row
             produced += 1
             if produced < n_rows and rng.random() < 0.01:
