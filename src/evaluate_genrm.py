@@ -362,8 +362,7 @@ def _pointwise_metrics(fmt, scores, refs, direct, soft, meta) -> dict:
         metrics["direct_spearman"] = _of_pairs(spearman, d_ref)
         rankings["direct_"] = direct
     if soft is not None:  # P(verdict) where the judge wrote it, after its critique
-        lab = [(v, int(y)) for v, y in zip(soft, labels, strict=True) if y is not None]
-        metrics["soft_auc"] = _of_pairs(auc, [(v, y) for v, y in lab if v is not None])
+        metrics["soft_auc"] = _round(_auc_stat(soft, labels)(range(len(soft)), tasks))
         metrics["n_soft"] = sum(v is not None for v in soft)
         rankings["soft_"] = soft
     for name, ranking in rankings.items():
@@ -410,12 +409,9 @@ def _vote_metrics(soft: list, verdicts: list, meta: list) -> dict:
         None if y is None else v is not None and (v >= 0.5) == bool(y)
         for v, y in zip(verdicts, labels, strict=True)
     ]
-    scored = [
-        (v, int(y)) for v, y in zip(soft, labels, strict=True) if v is not None and y is not None
-    ]
     metrics = {
         "verdict_accuracy_votes": _round(mean_of(judged)),
-        "soft_auc_votes": _of_pairs(auc, scored),
+        "soft_auc_votes": _round(_auc_stat(soft, labels)(range(len(soft)), tasks)),
     }
     bon = best_of_n(tasks, soft, labels)
     if bon:

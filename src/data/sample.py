@@ -225,13 +225,8 @@ def _free_form(task: Task, final: str, correct: bool, rng: random.Random) -> str
         ).format(final)
     a, op, b = worked.groups()
     if style == "worked":
-        return (
-            rng.choice(("{} {} {} = {}", "First, {} {} {} = {}. So the answer is that."))
-            .format(a, op, b, final)
-            .replace(
-                " = " + final + ". So the answer is that.", f" = {final}. So the answer is {final}."
-            )
-        )
+        steps = f"{a} {op} {b} = {final}"
+        return rng.choice((steps, f"First, {steps}. So the answer is {final}."))
     return f"{a} {op} {b} = {task.answer}, so the answer is {final}."
 
 
