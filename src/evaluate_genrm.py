@@ -2,7 +2,8 @@
 
 Reads the merged model and the validation split (held out from every gradient update; the fused
 model is the final adapter, so validation rows never selected it). For each row the judge writes
-its verdict with greedy decoding (mlx-lm's ``batch_generate``) and the verdict is read in the
+its verdict with greedy decoding (``src/judging/generate.py``: the tokens mlx-lm's
+``batch_generate`` writes, without the work a judge does not need) and the verdict is read in the
 data's own format (``eval.verdict``, ``src/judging/verdicts.py``): ``auto`` detects it from the
 reference judgements; a format that parses too few of them stops the stage with what each format
 parsed, rather than report metrics against nothing. The format is recorded as
@@ -64,6 +65,7 @@ from pathlib import Path
 
 from . import paths
 from .data.sft import CHAT, read_jsonl, validate_rows
+from .judging import generate as gen
 from .judging.metrics import (
     auc,
     best_of_n,
@@ -77,6 +79,7 @@ from .judging.metrics import (
 from .judging.prompts import swap_pair
 from .judging.scores import chat_prompt_ids, direct_scores, soft_scores
 from .judging.verdicts import NAMES, VerdictFormat, get_format, resolve
+from .modeling.head import checked_head
 from .modeling.kernels import KERNELS, kernels_arg
 from .runtime import (
     DataError,
@@ -217,16 +220,15 @@ def swapped_prompts(numbered: list[tuple[int, dict]], path: Path) -> list[list[d
 def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tuple:
     """Greedy judgements, direct scores and soft scores (None where the format has no direct or
     soft score) of each conversation (without the judgement), and the seconds generating."""
-    from mlx_lm.generate import batch_generate
-
+    head = checked_head(model)
     prompt_ids = chat_prompt_ids(tokenizer, conversations)
-    texts, t0 = [], time.perf_counter()
-    for start in range(0, len(prompt_ids), cfg.batch_size):
-        batch = prompt_ids[start : start + cfg.batch_size]
-        texts += batch_generate(model, tokenizer, batch, max_tokens=cfg.max_tokens).texts
+    t0 = time.perf_counter()
+    texts = gen.generate_texts(model, tokenizer, prompt_ids, cfg.max_tokens, cfg.batch_size, head)
     seconds = time.perf_counter() - t0
-    direct = direct_scores(model, tokenizer, prompt_ids, fmt) if fmt.template else None
-    soft = soft_scores(model, tokenizer, prompt_ids, texts, fmt) if fmt.template else None
+    direct = direct_scores(model, tokenizer, prompt_ids, fmt, head=head) if fmt.template else None
+    soft = (
+        soft_scores(model, tokenizer, prompt_ids, texts, fmt, head=head) if fmt.template else None
+    )
     return texts, direct, soft, seconds
 
 
@@ -235,21 +237,24 @@ def _votes(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tuple
     row the mean soft score and the mean verdict on [0, 1] (a verdict share: 0.5 or more is a
     positive majority), None where no vote gave one; and the seconds spent."""
     import mlx.core as mx
-    from mlx_lm.generate import batch_generate
     from mlx_lm.sample_utils import make_sampler
 
+    head = checked_head(model)
     prompt_ids = chat_prompt_ids(tokenizer, conversations)
     repeated = [p for p in prompt_ids for _ in range(cfg.votes)]
     mx.random.seed(0)
-    sampler = make_sampler(cfg.temperature)
-    texts, t0 = [], time.perf_counter()
-    for start in range(0, len(repeated), cfg.batch_size):
-        batch = repeated[start : start + cfg.batch_size]
-        texts += batch_generate(
-            model, tokenizer, batch, max_tokens=cfg.max_tokens, sampler=sampler
-        ).texts
+    t0 = time.perf_counter()
+    texts = gen.generate_texts(
+        model,
+        tokenizer,
+        repeated,
+        cfg.max_tokens,
+        cfg.batch_size,
+        head,
+        make_sampler(cfg.temperature),
+    )
     seconds = time.perf_counter() - t0
-    soft = soft_scores(model, tokenizer, repeated, texts, fmt) or [None] * len(texts)
+    soft = soft_scores(model, tokenizer, repeated, texts, fmt, head=head) or [None] * len(texts)
     verdicts = [None if (v := fmt.parse(t)) is None else fmt.unit(v) for t in texts]
     return average_votes(soft, cfg.votes), average_votes(verdicts, cfg.votes), seconds
 

@@ -142,14 +142,11 @@ def fused(tmp_path_factory, tiny_model) -> Path:
 
 
 def fake_generation(monkeypatch, answer) -> None:
-    """Replace mlx-lm's ``batch_generate`` by ``answer(prompt_text) -> judgement`` (direct scores
-    still come from the real model)."""
-    import importlib
-    from types import SimpleNamespace
+    """Replace the judge's generation (``src.judging.generate.generate_texts``) by
+    ``answer(prompt_text) -> judgement`` (direct scores still come from the real model)."""
+    from src.judging import generate as gen
 
-    gen = importlib.import_module("mlx_lm.generate")  # the module, not the function
+    def fake(model, tokenizer, prompts, max_tokens, batch_size, head=None, sampler=None):
+        return [answer(tokenizer.decode(p)) for p in prompts]
 
-    def fake(model, tokenizer, prompts, max_tokens, **sampling):
-        return SimpleNamespace(texts=[answer(tokenizer.decode(p)) for p in prompts])
-
-    monkeypatch.setattr(gen, "batch_generate", fake)
+    monkeypatch.setattr(gen, "generate_texts", fake)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 from conftest import fake_generation, flags, read_jsonl, write_jsonl
@@ -132,11 +131,7 @@ def test_base_model_judges_the_same_rows_in_the_same_run(fused, tiny_model):
 
 
 def test_metrics_of_a_perfect_and_a_broken_judge(fused, monkeypatch):
-    import importlib
-
-    gen = importlib.import_module(
-        "mlx_lm.generate"
-    )  # `mlx_lm.generate` the attribute is a function
+    from src.judging import generate as gen
 
     rows = read_jsonl(fused / "valid.jsonl")
     answers = {
@@ -147,11 +142,10 @@ def test_metrics_of_a_perfect_and_a_broken_judge(fused, monkeypatch):
     for name, texts in answers.items():
         queue = list(texts)
 
-        def fake(model, tokenizer, prompts, max_tokens, queue=queue):
-            out = [queue.pop(0) for _ in prompts]
-            return SimpleNamespace(texts=out)
+        def fake(model, tokenizer, prompts, max_tokens, batch_size, *more, queue=queue):
+            return [queue.pop(0) for _ in prompts]
 
-        monkeypatch.setattr(gen, "batch_generate", fake)
+        monkeypatch.setattr(gen, "generate_texts", fake)
         assert evaluate(_eval_args(fused)) == 0
         results[name] = json.loads((fused / "eval.json").read_text())
     perfect, broken = results["perfect"], results["broken"]

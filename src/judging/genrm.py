@@ -202,7 +202,8 @@ class GenRM(_Judge):
         # cpu_kernels="fast" binds our float32 kernels into this model (and no other)
         self.model, self.tokenizer, _, _ = load_base(str(model), 0, 64, kernels=cpu_kernels)
         self.soft_values = _soft_values(self.tokenizer, self.fmt) if soft else None
-        self.head = checked_head(self.model) if direct else None  # checked once, not per batch
+        # the LM head alone, checked once: direct scores and generation read only some positions
+        self.head = checked_head(self.model)
 
     def prompt_ids(self, user_turns: list[str]) -> list[list[int]]:
         return chat_prompt_ids(
@@ -212,7 +213,7 @@ class GenRM(_Judge):
     def judge(self, prompts: list, completions: list, references: list | None = None) -> list[dict]:
         """One record per pair: ``score`` in [0, 1] (None: no verdict), ``raw`` on the format's
         own scale, and ``judgement`` (the critique and verdict; None with ``direct``)."""
-        from mlx_lm.generate import batch_generate
+        from . import generate as gen
 
         ids = self.prompt_ids(self.user_turns(prompts, completions, references))
         out = []
@@ -226,9 +227,9 @@ class GenRM(_Judge):
                 for tokens, top in zip(*self._generate(batch), strict=True):
                     out.append(self.record(self.tokenizer.decode(tokens), tokens, top))
             else:
-                texts = batch_generate(
-                    self.model, self.tokenizer, batch, max_tokens=self.max_tokens
-                ).texts
+                texts = gen.generate_texts(
+                    self.model, self.tokenizer, batch, self.max_tokens, len(batch), self.head
+                )
                 out += [self.record(text) for text in texts]
             if bar is not None:
                 bar.update(len(batch))
@@ -237,24 +238,20 @@ class GenRM(_Judge):
         return out
 
     def _generate(self, batch: list[list[int]]) -> tuple[list[list[int]], list[list[dict]]]:
-        """Greedy judgements as ``batch_generate`` makes them, keeping each generated token
-        and the ``TOP_LOGPROBS`` log-probabilities of its step (what mlx-lm's server reports)."""
-        import mlx.core as mx
-        from mlx_lm.generate import BatchGenerator
+        """Greedy judgements, keeping each generated token and the ``TOP_LOGPROBS``
+        log-probabilities of its step (what mlx-lm's server reports): the soft score's input."""
+        from . import generate as gen
 
-        gen = BatchGenerator(self.model, stop_tokens=[[t] for t in self.tokenizer.eos_token_ids])
-        uids = gen.insert(batch, [self.max_tokens] * len(batch))
-        tokens, tops = {u: [] for u in uids}, {u: [] for u in uids}
-        while responses := gen.next_generated():
-            for r in responses:
-                if r.finish_reason != "stop":
-                    best = mx.argpartition(-r.logprobs, kth=TOP_LOGPROBS - 1)[:TOP_LOGPROBS]
-                    tokens[r.uid].append(r.token)
-                    tops[r.uid].append(
-                        dict(zip(best.tolist(), r.logprobs[best].tolist(), strict=True))
-                    )
-        gen.close()
-        return [tokens[u] for u in uids], [tops[u] for u in uids]
+        g = gen.generate(
+            self.model,
+            self.tokenizer,
+            batch,
+            self.max_tokens,
+            len(batch),
+            self.head,
+            top=TOP_LOGPROBS,
+        )
+        return g.tokens, g.tops
 
     def _direct(self, batch: list[list[int]]) -> list[float]:
         from .scores import direct_scores

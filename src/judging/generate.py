@@ -1,0 +1,232 @@
+"""Batched generation for judging: the model's own layers and mlx-lm's ``BatchKVCache``, minus
+the work a judge does not need.
+
+mlx-lm's ``batch_generate`` (0.32) is a general server loop. For a judge on the CPU it pays for
+what we can leave out, each measured in ``benchmarks/bench_generate.py``:
+- it prefills 8 prompts at a time (``prefill_batch_size``) and decodes at most 32 rows at once
+  (``completion_batch_size``), whatever batch the caller asks for;
+- the LM head runs at every prompt position, though only the last one is read (SmolLM2's head is
+  49k x 576: a fifth of a prefill's work);
+- every step normalizes the whole vocabulary (``logsumexp``: a scalar ``exp`` per logit on the
+  CPU) to pick the same argmax, and splits it into one array per row.
+Here a batch is prefilled in one call with the head at each row's last position only, greedy
+decoding takes the argmax of the logits, log-probabilities are computed only where the caller
+asks for them (``top``: the soft score) or samples (``sampler``), and a row that has finished
+stops costing (its cache rows are dropped, as mlx-lm does). Prompts are left-padded as mlx-lm's
+``BatchKVCache`` expects. Greedy judgements are the same tokens ``batch_generate`` writes (tested
+on the tiny model; checked on SmolLM2 in the benchmark). Models whose cache is not a plain
+``KVCache`` (sliding windows, SSMs) go to ``batch_generate`` unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Prefill goes PREFILL_ROWS prompts at a time (as mlx-lm's prefill_batch_size), at most
+# PREFILL_TOKENS tokens per call: on 2 CPU cores 100 rows at once prefill at half the speed
+# of 8 (benchmarks/README.md).
+PREFILL_ROWS = 8
+PREFILL_TOKENS = 2048
+
+
+@dataclass
+class Generation:
+    """Generated token ids per prompt (the stop token left out, as ``batch_generate`` does),
+    with the ``top`` log-probabilities of each step where asked, and token counts for speed."""
+
+    tokens: list[list[int]]
+    tops: list[list[dict[int, float]]] | None = None
+    prompt_tokens: int = 0
+    steps: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def plain_kv_cache(model) -> bool:
+    """Whether every layer of ``model`` caches plain keys and values (what ``BatchKVCache``
+    batches); sliding-window and recurrent layers do not."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    return all(type(c) is KVCache for c in make_prompt_cache(model))
+
+
+def _last_logits(model, head, tokens, cache):
+    """Logits at the last position of each row, the head (``checked_head``) applied there only."""
+    if head is None:
+        return model(tokens, cache=cache)[:, -1, :]
+    return head(model.model(tokens, cache=cache)[:, -1, :])
+
+
+def _prefill(model, head, prompts: list[list[int]]):
+    """The rows' caches (``BatchKVCache``, left-padded) and the logits of their last positions.
+    Long prompts go in chunks of at most ``PREFILL_TOKENS`` tokens per call (as mlx-lm's
+    ``prefill_step_size`` bounds them), so attention scores stay small."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import BatchKVCache
+
+    width = max(map(len, prompts))
+    pad = [width - len(p) for p in prompts]
+    x = mx.array([[0] * n + list(p) for n, p in zip(pad, prompts, strict=True)])
+    cache = [BatchKVCache(pad) for _ in model.layers]
+    chunk = max(1, PREFILL_TOKENS // len(prompts))
+    while x.shape[1] > chunk:
+        model.model(x[:, :chunk], cache=cache)
+        mx.eval([c.state for c in cache])
+        x = x[:, chunk:]
+    last = _last_logits(model, head, x, cache)
+    mx.eval(last, [c.state for c in cache])
+    return cache, last
+
+
+def _pick(logits, sampler, top: int):
+    """The next token of each row and, where asked, its log-probabilities' ``top`` best."""
+    import mlx.core as mx
+
+    if sampler is None and not top:
+        return mx.argmax(logits, axis=-1), None, None
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    token = mx.argmax(logits, axis=-1) if sampler is None else sampler(logprobs)
+    if not top:
+        return token, None, None
+    best = mx.argpartition(-logprobs, kth=top - 1, axis=-1)[:, :top]
+    return token, best, mx.take_along_axis(logprobs, best, axis=-1)
+
+
+def generate_batch(
+    model,
+    prompts: list[list[int]],
+    max_tokens: int,
+    stop: set[int],
+    head=None,
+    sampler=None,
+    top: int = 0,
+) -> Generation:
+    """Generate up to ``max_tokens`` tokens after each prompt, all rows in one batch; a row ends
+    at a ``stop`` token (left out) or at ``max_tokens``. ``head``: the model's ``checked_head``
+    (None: the whole model, logits at every position). ``sampler``: mlx-lm's (on
+    log-probabilities); None is greedy. ``top``: keep each step's ``top`` log-probabilities."""
+    import time
+
+    import mlx.core as mx
+
+    t0 = time.perf_counter()
+    cache, logits = None, []
+    for start in range(0, len(prompts), PREFILL_ROWS):
+        part, last = _prefill(model, head, prompts[start : start + PREFILL_ROWS])
+        logits.append(last)
+        if cache is None:
+            cache = part
+        else:  # one batch for decoding: mlx-lm's merge (more left padding where widths differ)
+            for c, more in zip(cache, part, strict=True):
+                c.extend(more)
+    step = _pick(mx.concatenate(logits), sampler, top)
+    mx.eval(step)
+    seconds = {"prefill": time.perf_counter() - t0}
+    rows = list(range(len(prompts)))  # the prompt of each row still generating
+    tokens = [[] for _ in prompts]
+    tops = [[] for _ in prompts] if top else None
+    for n in range(1, max_tokens + 1):
+        if n < max_tokens:  # the next step is computed while this one is read (as mlx-lm does)
+            nxt = _pick(_last_logits(model, head, step[0][:, None], cache), sampler, top)
+            mx.async_eval(nxt)
+        keep = []
+        best = step[1].tolist() if top else None
+        values = step[2].tolist() if top else None
+        for i, (row, token) in enumerate(zip(rows, step[0].tolist(), strict=True)):
+            if token in stop:
+                continue
+            tokens[row].append(token)
+            if top:
+                tops[row].append(dict(zip(best[i], values[i], strict=True)))
+            if n < max_tokens:
+                keep.append(i)
+        if not keep:
+            break
+        step = nxt
+        if len(keep) < len(rows):  # finished rows stop costing
+            idx = mx.array(keep)
+            for c in cache:
+                c.filter(idx)
+            step = tuple(None if a is None else a[idx] for a in step)
+            rows = [rows[i] for i in keep]
+    seconds["decode"] = time.perf_counter() - t0 - seconds["prefill"]
+    return Generation(tokens, tops, sum(map(len, prompts)), n, seconds)
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_tokens: int,
+    batch_size: int,
+    head=None,
+    sampler=None,
+    top: int = 0,
+) -> Generation:
+    """``generate_batch`` over ``prompts`` in batches of ``batch_size``, shortest prompts
+    first (mlx-lm's ``BatchGenerator`` where the model's cache is not plain keys and values)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    stop = set(tokenizer.eos_token_ids)
+    run = generate_batch if plain_kv_cache(model) else _mlx_lm_batch
+    # Prompts of similar length are batched together (less padding); results in input order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    tokens, tops = [None] * len(prompts), [None] * len(prompts)
+    out = Generation(tokens, tops if top else None)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        part = run(model, [prompts[i] for i in rows], max_tokens, stop, head, sampler, top)
+        for j, i in enumerate(rows):
+            tokens[i] = part.tokens[j]
+            tops[i] = part.tops[j] if top else None
+        out.prompt_tokens += part.prompt_tokens
+        out.steps += part.steps
+        for k, v in part.seconds.items():
+            out.seconds[k] = out.seconds.get(k, 0.0) + v
+    return out
+
+
+def _mlx_lm_batch(model, prompts, max_tokens, stop, head=None, sampler=None, top=0) -> Generation:
+    """mlx-lm's ``BatchGenerator`` as ``batch_generate`` drives it, keeping each generated token
+    and, with ``top``, that step's best log-probabilities (what mlx-lm's server reports)."""
+    import time
+
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+
+    t0 = time.perf_counter()
+    gen = BatchGenerator(model, stop_tokens=[[t] for t in stop], sampler=sampler)
+    uids = gen.insert(prompts, [max_tokens] * len(prompts))
+    tokens, tops = {u: [] for u in uids}, {u: [] for u in uids}
+    steps = 0
+    while responses := gen.next_generated():
+        steps += 1
+        for r in responses:
+            if r.finish_reason != "stop":
+                tokens[r.uid].append(r.token)
+                if top:
+                    best = mx.argpartition(-r.logprobs, kth=top - 1)[:top]
+                    tops[r.uid].append(
+                        dict(zip(best.tolist(), r.logprobs[best].tolist(), strict=True))
+                    )
+    gen.close()
+    return Generation(
+        [tokens[u] for u in uids],
+        [tops[u] for u in uids] if top else None,
+        sum(map(len, prompts)),
+        steps,
+        {"generate": time.perf_counter() - t0},
+    )
+
+
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_tokens: int,
+    batch_size: int,
+    head=None,
+    sampler=None,
+) -> list[str]:
+    """The text each prompt's generation decodes to (what ``batch_generate(...).texts`` gives)."""
+    out = generate(model, tokenizer, prompts, max_tokens, batch_size, head, sampler)
+    return [tokenizer.decode(t) for t in out.tokens]
