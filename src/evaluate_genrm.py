@@ -77,7 +77,7 @@ from .judging.metrics import (
     spearman,
 )
 from .judging.prompts import swap_pair
-from .judging.scores import chat_prompt_ids, direct_scores, soft_scores
+from .judging.scores import chat_prompt_ids, direct_scores, soft_scores, value_token_ids
 from .judging.verdicts import NAMES, VerdictFormat, get_format, resolve
 from .modeling.head import checked_head
 from .modeling.kernels import KERNELS, kernels_arg
@@ -222,13 +222,15 @@ def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tu
     soft score) of each conversation (without the judgement), and the seconds generating."""
     head = checked_head(model)
     prompt_ids = chat_prompt_ids(tokenizer, conversations)
+    values = value_token_ids(tokenizer, fmt)
     t0 = time.perf_counter()
-    texts = gen.generate_texts(model, tokenizer, prompt_ids, cfg.max_tokens, cfg.batch_size, head)
+    texts, soft = gen.judge_texts(
+        model, tokenizer, prompt_ids, cfg.max_tokens, cfg.batch_size, head, None, fmt, values
+    )
     seconds = time.perf_counter() - t0
     direct = direct_scores(model, tokenizer, prompt_ids, fmt, head=head) if fmt.template else None
-    soft = (
-        soft_scores(model, tokenizer, prompt_ids, texts, fmt, head=head) if fmt.template else None
-    )
+    if soft is None and values is not None:  # not read off the generation: a second pass
+        soft = soft_scores(model, tokenizer, prompt_ids, texts, fmt, head=head)
     return texts, direct, soft, seconds
 
 
@@ -243,8 +245,9 @@ def _votes(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tuple
     prompt_ids = chat_prompt_ids(tokenizer, conversations)
     repeated = [p for p in prompt_ids for _ in range(cfg.votes)]
     mx.random.seed(0)
+    values = value_token_ids(tokenizer, fmt)
     t0 = time.perf_counter()
-    texts = gen.generate_texts(
+    texts, soft = gen.judge_texts(
         model,
         tokenizer,
         repeated,
@@ -252,9 +255,13 @@ def _votes(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tuple
         cfg.batch_size,
         head,
         make_sampler(cfg.temperature),
+        fmt,
+        values,
     )
     seconds = time.perf_counter() - t0
-    soft = soft_scores(model, tokenizer, repeated, texts, fmt, head=head) or [None] * len(texts)
+    if soft is None and values is not None:
+        soft = soft_scores(model, tokenizer, repeated, texts, fmt, head=head)
+    soft = soft or [None] * len(texts)
     verdicts = [None if (v := fmt.parse(t)) is None else fmt.unit(v) for t in texts]
     return average_votes(soft, cfg.votes), average_votes(verdicts, cfg.votes), seconds
 

@@ -143,9 +143,9 @@ def test_metrics_of_a_perfect_and_a_broken_judge(fused, monkeypatch):
         queue = list(texts)
 
         def fake(model, tokenizer, prompts, max_tokens, batch_size, *more, queue=queue):
-            return [queue.pop(0) for _ in prompts]
+            return [queue.pop(0) for _ in prompts], None
 
-        monkeypatch.setattr(gen, "generate_texts", fake)
+        monkeypatch.setattr(gen, "judge_texts", fake)
         assert evaluate(_eval_args(fused)) == 0
         results[name] = json.loads((fused / "eval.json").read_text())
     perfect, broken = results["perfect"], results["broken"]
@@ -462,3 +462,25 @@ def test_held_out_families_and_free_form_rows_are_scored_apart(tmp_path, fused, 
     assert m["ood_verdict_accuracy_free_form_lo"] <= 1.0
     marked = [j.get("set") for j in read_jsonl(judgements)]
     assert marked.count("ood") == 20 and len(marked) == 50
+
+
+def test_soft_scores_read_off_the_generation_are_the_second_passes(fused):
+    """evaluate reads each judgement's soft score off its own generation (the verdict values'
+    logits where the verdict was written); a second forward pass over prompt and judgement
+    (scores.soft_scores, what evaluate did before) gives the same scores."""
+    import re
+
+    from src.evaluate_genrm import EvalConfig, _generate
+    from src.judging.scores import chat_prompt_ids, soft_scores
+    from src.judging.verdicts import VerdictFormat
+    from src.modeling.load import load_base
+
+    the = VerdictFormat(
+        "the", re.compile(r"\b(The|is)\b"), 0, 1, 1, {"The": 1.0, "is": 0.0}, "x {}"
+    )
+    model, tok, _, _ = load_base(str(fused / "merged"), 0, 64)
+    conversations = [r["messages"][:-1] for r in read_jsonl(fused / "valid.jsonl")[:8]]
+    texts, _, soft, _ = _generate(model, tok, conversations, the, EvalConfig(max_tokens=6))
+    again = soft_scores(model, tok, chat_prompt_ids(tok, conversations), texts, the)
+    assert sum(s is not None for s in soft) >= 2
+    assert soft == pytest.approx(again, abs=1e-4)

@@ -36,6 +36,7 @@ class Generation:
 
     tokens: list[list[int]]
     tops: list[list[dict[int, float]]] | None = None
+    watched: list[list[list[float]]] | None = None  # per row, per step: logits at ``watch`` ids
     prompt_tokens: int = 0
     steps: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -46,6 +47,8 @@ def plain_kv_cache(model) -> bool:
     batches); sliding-window and recurrent layers do not."""
     from mlx_lm.models.cache import KVCache, make_prompt_cache
 
+    if not hasattr(model, "layers"):  # not an mlx-lm model (a test's function of the tokens)
+        return False
     return all(type(c) is KVCache for c in make_prompt_cache(model))
 
 
@@ -77,18 +80,20 @@ def _prefill(model, head, prompts: list[list[int]]):
     return cache, last
 
 
-def _pick(logits, sampler, top: int):
-    """The next token of each row and, where asked, its log-probabilities' ``top`` best."""
+def _pick(logits, sampler, top: int, watch):
+    """The next token of each row, where asked its log-probabilities' ``top`` best, and the
+    logits at the ``watch`` ids (an array of token ids, or None)."""
     import mlx.core as mx
 
+    watched = None if watch is None else logits[:, watch]
     if sampler is None and not top:
-        return mx.argmax(logits, axis=-1), None, None
+        return mx.argmax(logits, axis=-1), None, None, watched
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     token = mx.argmax(logits, axis=-1) if sampler is None else sampler(logprobs)
     if not top:
-        return token, None, None
+        return token, None, None, watched
     best = mx.argpartition(-logprobs, kth=top - 1, axis=-1)[:, :top]
-    return token, best, mx.take_along_axis(logprobs, best, axis=-1)
+    return token, best, mx.take_along_axis(logprobs, best, axis=-1), watched
 
 
 def generate_batch(
@@ -99,14 +104,18 @@ def generate_batch(
     head=None,
     sampler=None,
     top: int = 0,
+    watch: list[int] | None = None,
 ) -> Generation:
     """Generate up to ``max_tokens`` tokens after each prompt, all rows in one batch; a row ends
     at a ``stop`` token (left out) or at ``max_tokens``. ``head``: the model's ``checked_head``
     (None: the whole model, logits at every position). ``sampler``: mlx-lm's (on
-    log-probabilities); None is greedy. ``top``: keep each step's ``top`` log-probabilities."""
+    log-probabilities); None is greedy. ``top``: keep each step's ``top`` log-probabilities.
+    ``watch``: keep each step's logits at these token ids (e.g. the verdict's values)."""
     import time
 
     import mlx.core as mx
+
+    watch = None if not watch else mx.array(watch)
 
     t0 = time.perf_counter()
     cache, logits = None, []
@@ -118,25 +127,29 @@ def generate_batch(
         else:  # one batch for decoding: mlx-lm's merge (more left padding where widths differ)
             for c, more in zip(cache, part, strict=True):
                 c.extend(more)
-    step = _pick(mx.concatenate(logits), sampler, top)
+    step = _pick(mx.concatenate(logits), sampler, top, watch)
     mx.eval(step)
     seconds = {"prefill": time.perf_counter() - t0}
     rows = list(range(len(prompts)))  # the prompt of each row still generating
     tokens = [[] for _ in prompts]
     tops = [[] for _ in prompts] if top else None
+    watched = [[] for _ in prompts] if watch is not None else None
     for n in range(1, max_tokens + 1):
         if n < max_tokens:  # the next step is computed while this one is read (as mlx-lm does)
-            nxt = _pick(_last_logits(model, head, step[0][:, None], cache), sampler, top)
+            nxt = _pick(_last_logits(model, head, step[0][:, None], cache), sampler, top, watch)
             mx.async_eval(nxt)
         keep = []
         best = step[1].tolist() if top else None
         values = step[2].tolist() if top else None
+        seen = step[3].tolist() if watch is not None else None
         for i, (row, token) in enumerate(zip(rows, step[0].tolist(), strict=True)):
             if token in stop:
                 continue
             tokens[row].append(token)
             if top:
                 tops[row].append(dict(zip(best[i], values[i], strict=True)))
+            if seen is not None:
+                watched[row].append(seen[i])
             if n < max_tokens:
                 keep.append(i)
         if not keep:
@@ -149,7 +162,7 @@ def generate_batch(
             step = tuple(None if a is None else a[idx] for a in step)
             rows = [rows[i] for i in keep]
     seconds["decode"] = time.perf_counter() - t0 - seconds["prefill"]
-    return Generation(tokens, tops, sum(map(len, prompts)), n, seconds)
+    return Generation(tokens, tops, watched, sum(map(len, prompts)), n, seconds)
 
 
 def generate(
@@ -161,23 +174,28 @@ def generate(
     head=None,
     sampler=None,
     top: int = 0,
+    watch: list[int] | None = None,
 ) -> Generation:
     """``generate_batch`` over ``prompts`` in batches of ``batch_size``, shortest prompts
-    first (mlx-lm's ``BatchGenerator`` where the model's cache is not plain keys and values)."""
+    first (mlx-lm's ``BatchGenerator`` where the model's cache is not plain keys and values:
+    then nothing is ``watched``)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     stop = set(tokenizer.eos_token_ids)
     run = generate_batch if plain_kv_cache(model) else _mlx_lm_batch
     # Prompts of similar length are batched together (less padding); results in input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    tokens, tops = [None] * len(prompts), [None] * len(prompts)
-    out = Generation(tokens, tops if top else None)
+    tokens, tops, watched = ([None] * len(prompts) for _ in range(3))
+    out = Generation(tokens, tops if top else None, watched if watch else None)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        part = run(model, [prompts[i] for i in rows], max_tokens, stop, head, sampler, top)
+        part = run(model, [prompts[i] for i in rows], max_tokens, stop, head, sampler, top, watch)
+        if part.watched is None:
+            out.watched = None
         for j, i in enumerate(rows):
             tokens[i] = part.tokens[j]
             tops[i] = part.tops[j] if top else None
+            watched[i] = part.watched[j] if part.watched else None
         out.prompt_tokens += part.prompt_tokens
         out.steps += part.steps
         for k, v in part.seconds.items():
@@ -185,7 +203,9 @@ def generate(
     return out
 
 
-def _mlx_lm_batch(model, prompts, max_tokens, stop, head=None, sampler=None, top=0) -> Generation:
+def _mlx_lm_batch(
+    model, prompts, max_tokens, stop, head=None, sampler=None, top=0, watch=None
+) -> Generation:
     """mlx-lm's ``BatchGenerator`` as ``batch_generate`` drives it, keeping each generated token
     and, with ``top``, that step's best log-probabilities (what mlx-lm's server reports)."""
     import time
@@ -212,6 +232,7 @@ def _mlx_lm_batch(model, prompts, max_tokens, stop, head=None, sampler=None, top
     return Generation(
         [tokens[u] for u in uids],
         [tops[u] for u in uids] if top else None,
+        None,
         sum(map(len, prompts)),
         steps,
         {"generate": time.perf_counter() - t0},
@@ -230,3 +251,42 @@ def generate_texts(
     """The text each prompt's generation decodes to (what ``batch_generate(...).texts`` gives)."""
     out = generate(model, tokenizer, prompts, max_tokens, batch_size, head, sampler)
     return [tokenizer.decode(t) for t in out.tokens]
+
+
+def judge_texts(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_tokens: int,
+    batch_size: int,
+    head=None,
+    sampler=None,
+    fmt=None,
+    values: dict[int, float] | None = None,
+) -> tuple[list[str], list[float | None] | None]:
+    """Each prompt's judgement, and with ``fmt`` and ``values`` (its verdict's token ids ->
+    raw values, ``scores.value_token_ids``) its soft score read off the generation itself: the
+    values' probabilities where the verdict was written, renormalized over the values (the
+    vocabulary's normalizer cancels, so their logits are all it needs). That is the quantity
+    ``scores.soft_scores`` computes with a second forward pass over prompt and judgement, which
+    this saves. The soft scores are None where the generation cannot give them (mlx-lm's loop)."""
+    import math
+
+    from .scores import verdict_token_index
+
+    watch = list(values) if fmt is not None and values else None
+    out = generate(model, tokenizer, prompts, max_tokens, batch_size, head, sampler, watch=watch)
+    texts = [tokenizer.decode(t) for t in out.tokens]
+    if out.watched is None:
+        return texts, None
+    raw = [values[t] for t in watch]
+    soft = []
+    for tokens, logits in zip(out.tokens, out.watched, strict=True):
+        k = verdict_token_index(fmt, tokenizer, values, tokens)
+        if k is None:
+            soft.append(None)
+            continue
+        top = max(logits[k])
+        weights = [math.exp(v - top) for v in logits[k]]
+        soft.append(sum(w * r for w, r in zip(weights, raw, strict=True)) / sum(weights))
+    return texts, soft

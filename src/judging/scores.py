@@ -55,17 +55,27 @@ def chat_prompt_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int
 
 
 def _next_token_probs(model, head, seqs: list[list[int]]):
+    """The next-token distribution after each sequence: a prefill as the judge's generation
+    does it (``src/judging/generate.py``: left-padded groups, the head at the last position)."""
     import mlx.core as mx
     import numpy as np
 
-    arr = np.zeros((len(seqs), max(map(len, seqs))), np.int32)
-    for i, e in enumerate(seqs):  # right-pad; read each row at its own last token
-        arr[i, : len(e)] = e
-    rows, ends = mx.arange(len(seqs)), mx.array([len(e) - 1 for e in seqs])
-    if head is not None:  # the LM head at each row's last position only (vocab x width each)
-        last = head(model.model(mx.array(arr))[rows, ends])
-    else:
-        last = model(mx.array(arr))[rows, ends]
+    from .generate import PREFILL_ROWS, _prefill, plain_kv_cache
+
+    if plain_kv_cache(model):
+        last = mx.concatenate(
+            [
+                _prefill(model, head, seqs[i : i + PREFILL_ROWS])[1]
+                for i in range(0, len(seqs), PREFILL_ROWS)
+            ]
+        )
+    else:  # right-padded, no cache; each row read at its own last token
+        arr = np.zeros((len(seqs), max(map(len, seqs))), np.int32)
+        for i, e in enumerate(seqs):
+            arr[i, : len(e)] = e
+        rows, ends = mx.arange(len(seqs)), mx.array([len(e) - 1 for e in seqs])
+        out = model.model(mx.array(arr)) if head is not None else model(mx.array(arr))
+        last = head(out[rows, ends]) if head is not None else out[rows, ends]
     return np.array(mx.softmax(last.astype(mx.float32), axis=-1))
 
 
