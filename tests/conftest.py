@@ -142,16 +142,12 @@ def fused(tmp_path_factory, tiny_model) -> Path:
 
 
 def fake_generation(monkeypatch, answer) -> None:
-    """Replace the judge's generation (``src.judging.generate``'s ``generate_texts`` and
-    ``judge_texts``) by
-    ``answer(prompt_text) -> judgement`` (direct scores still come from the real model)."""
+    """Replace the judge's generation (``src.judging.generate.judge_texts``) by
+    ``answer(prompt_text) -> judgement`` (direct scores still come from the real model; soft
+    scores from the second pass, as where the generation cannot give them)."""
     from src.judging import generate as gen
 
-    def fake(model, tokenizer, prompts, max_tokens, batch_size, head=None, sampler=None):
-        return [answer(tokenizer.decode(p)) for p in prompts]
+    def fake(model, tokenizer, prompts, max_tokens, batch_size, *more):
+        return [answer(tokenizer.decode(p)) for p in prompts], None
 
-    def fake_judge(model, tokenizer, prompts, max_tokens, batch_size, *more):
-        return fake(model, tokenizer, prompts, max_tokens, batch_size), None  # soft: 2nd pass
-
-    monkeypatch.setattr(gen, "generate_texts", fake)
-    monkeypatch.setattr(gen, "judge_texts", fake_judge)
+    monkeypatch.setattr(gen, "judge_texts", fake)

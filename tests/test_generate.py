@@ -45,7 +45,7 @@ def test_greedy_tokens_are_batch_generates(loaded, monkeypatch):
     for batch in (1, 4, 10):
         assert gen.generate(model, tok, prompts, 12, batch, head).tokens == theirs.token_ids
     assert gen.generate(model, tok, prompts, 12, 10).tokens == theirs.token_ids  # no head split
-    assert gen.generate_texts(model, tok, prompts, 12, 4, head) == theirs.texts
+    assert gen.judge_texts(model, tok, prompts, 12, 4, head) == (theirs.texts, None)
     monkeypatch.setattr(gen, "PREFILL_TOKENS", 100)  # prompts prefilled 25 tokens at a time
     assert gen.generate(model, tok, prompts, 12, 4, head).tokens == theirs.token_ids
     monkeypatch.setattr(gen, "PREFILL_ROWS", 3)  # 4 groups prefilled apart, decoded as one batch

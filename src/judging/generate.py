@@ -3,19 +3,20 @@ the work a judge does not need.
 
 mlx-lm's ``batch_generate`` (0.32) is a general server loop. For a judge on the CPU it pays for
 what we can leave out, each measured in ``benchmarks/bench_generate.py``:
-- it prefills 8 prompts at a time (``prefill_batch_size``) and decodes at most 32 rows at once
-  (``completion_batch_size``), whatever batch the caller asks for;
+- it decodes at most 32 rows at once (``completion_batch_size``), whatever batch the caller
+  asks for;
 - the LM head runs at every prompt position, though only the last one is read (SmolLM2's head is
   49k x 576: a fifth of a prefill's work);
 - every step normalizes the whole vocabulary (``logsumexp``: a scalar ``exp`` per logit on the
   CPU) to pick the same argmax, and splits it into one array per row.
-Here a batch is prefilled in one call with the head at each row's last position only, greedy
-decoding takes the argmax of the logits, log-probabilities are computed only where the caller
-asks for them (``top``: the soft score) or samples (``sampler``), and a row that has finished
-stops costing (its cache rows are dropped, as mlx-lm does). Prompts are left-padded as mlx-lm's
-``BatchKVCache`` expects. Greedy judgements are the same tokens ``batch_generate`` writes (tested
-on the tiny model; checked on SmolLM2 in the benchmark). Models whose cache is not a plain
-``KVCache`` (sliding windows, SSMs) go to ``batch_generate`` unchanged.
+Here the whole batch decodes together, prompts are prefilled ``PREFILL_ROWS`` at a time with the
+head at each row's last position only, greedy decoding takes the argmax of the logits,
+log-probabilities are computed only where the caller asks for them (``top``: the soft score) or
+samples (``sampler``), and a row that has finished stops costing (its cache rows are dropped, as
+mlx-lm does). Prompts are left-padded as mlx-lm's ``BatchKVCache`` expects. Greedy judgements
+are the same tokens ``batch_generate`` writes (tested on the tiny model; checked on SmolLM2 in
+the benchmark). Models whose cache is not a plain
+``KVCache`` (sliding windows, SSMs) go to mlx-lm's ``BatchGenerator`` unchanged.
 """
 
 from __future__ import annotations
@@ -237,20 +238,6 @@ def _mlx_lm_batch(
         steps,
         {"generate": time.perf_counter() - t0},
     )
-
-
-def generate_texts(
-    model,
-    tokenizer,
-    prompts: list[list[int]],
-    max_tokens: int,
-    batch_size: int,
-    head=None,
-    sampler=None,
-) -> list[str]:
-    """The text each prompt's generation decodes to (what ``batch_generate(...).texts`` gives)."""
-    out = generate(model, tokenizer, prompts, max_tokens, batch_size, head, sampler)
-    return [tokenizer.decode(t) for t in out.tokens]
 
 
 def judge_texts(
