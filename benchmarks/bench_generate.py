@@ -2,7 +2,8 @@
 
     uv run python benchmarks/bench_generate.py --torch-python /tmp/torchenv/bin/python
         [--model checkpoints/sft_merged_model] [--batches 1,8,32,100] [--max-tokens 64]
-    uv run python benchmarks/bench_generate.py --profile     # where a decode step's time goes
+    uv run python benchmarks/bench_generate.py --profile [--torch-python PY]  # where a decode
+                                                          # step's time goes, ours and PyTorch's
 
 The prompts are the validation rows' judge prompts (chat template applied, ~106 tokens), the
 same token ids for every setup; greedy, up to ``--max-tokens`` new tokens, stopping at the
@@ -142,31 +143,71 @@ def run(args) -> list[dict]:
 
 
 def profile(args) -> None:
-    """One decode step at batch ``--profile-batch`` after a ~106-token prompt and 32 new tokens,
-    split into its parts (each timed alone, median of 20): the body's layers (attention and MLP
-    apart), the LM head, what mlx-lm adds per step (the vocabulary's log-softmax), the argmax,
-    and the Python read-back of the tokens."""
+    """Where a decode step's time goes, ours beside PyTorch's: each part of a step at batch
+    ``--profile-batch`` with a cache of 140 positions, chained through the model's 30 layers
+    and evaluated once (so no per-call overhead is counted), median of 10, in ms. PyTorch's
+    parts come from ``benchmarks/torch_decode_parts.py`` (``--torch-python``). Then our whole
+    step, as ``generate_batch`` runs it (compiled), on the validation prompts."""
     import mlx.core as mx
 
     from src.judging.generate import generate_batch
+    from src.modeling import kernels
     from src.modeling.head import checked_head
 
-    model, tok, prompts = _prompts(args.model, args.data, args.profile_batch)
-    head = checked_head(model)
-    from mlx_lm.models.cache import BatchKVCache
+    b, s = args.profile_batch, 140
+    model, tok, prompts = _prompts(args.model, args.data, b)
+    head, layers = checked_head(model), model.model.layers
+    attn = layers[0].self_attn
+    hq, hkv = attn.n_heads, attn.n_kv_heads
+    dim = model.model.embed_tokens.weight.shape[1]
+    d = dim // hq
+    mx.random.seed(0)
+    h0 = 0.1 * mx.random.normal((b, 1, dim))
+    keys = [mx.random.normal((b, hkv, s, d)) for _ in layers]
+    values = [mx.random.normal((b, hkv, s, d)) for _ in layers]
+    mask = mx.ones((b, 1, 1, s), dtype=mx.bool_)
+    offset = mx.arange(b) + 100
+    h1 = 0.1 * mx.random.normal((b, 1, layers[0].mlp.gate_proj.weight.shape[0]))  # MLP width
+    mx.eval(h0, h1, keys, values)
 
-    width = max(map(len, prompts)) + 32
-    pad = [width - len(p) - 32 for p in prompts]
-    x = mx.array([[0] * n + p + [tok.eos_token_id] * 32 for n, p in zip(pad, prompts, strict=True)])
-    cache = [BatchKVCache(pad) for _ in model.layers]
-    mx.eval(model.model(x, cache=cache))
-    y = mx.zeros((len(prompts), 1), mx.int32)
-    body = model.model
-    h = body.embed_tokens(y)
-    mask = cache[0].make_mask(1)
-    layer = body.layers[0]
+    def chain(part):
+        def run():
+            h = h0
+            for i, layer in enumerate(layers):
+                h = h + part(i, layer, h)
+            return h
 
-    def timed(fn, n=20):
+        return run
+
+    def heads(h):
+        return h.reshape(b, 1, hq, d).transpose(0, 2, 1, 3)
+
+    def back(o):
+        return o.transpose(0, 2, 1, 3).reshape(b, 1, dim)
+
+    def proj(i, layer, h):
+        a = layer.self_attn
+        kv = a.k_proj(h) + a.v_proj(h)
+        return a.o_proj(a.q_proj(h) + mx.tile(kv, (1, 1, hq // hkv)))
+
+    parts = {
+        "MLP (3 matmuls + SwiGLU)": chain(lambda i, layer, h: layer.mlp(h)),
+        "  of which SwiGLU": chain(lambda i, layer, h: kernels.swiglu(h1, h1)[..., :dim]),
+        "q/k/v/o projections": chain(proj),
+        "attention over the cache": chain(
+            lambda i, layer, h: back(kernels.attention(heads(h), keys[i], values[i], 0.125, mask))
+        ),
+        "RoPE (queries and keys)": chain(
+            lambda i, layer, h: back(layer.self_attn.rope(heads(h), offset=offset))
+        ),
+        "RMSNorm x 2": chain(
+            lambda i, layer, h: layer.post_attention_layernorm(layer.input_layernorm(h))
+        ),
+        "LM head + argmax": lambda: mx.argmax(head(h0[:, -1]), -1),
+    }
+
+    def timed(fn, n=10):
+        fn()
         times = []
         for _ in range(n):
             t0 = time.perf_counter()
@@ -174,47 +215,27 @@ def profile(args) -> None:
             times.append(time.perf_counter() - t0)
         return sorted(times)[n // 2] * 1e3
 
-    def attn_only():
-        out = layer.self_attn(layer.input_layernorm(h), mask, cache[0])
-        cache[0].trim(1)  # each call measures the same cache length
-        return out
-
-    def step():
-        out = mx.argmax(head(body(y, cache=cache)[:, -1]), -1)
-        for c in cache:
-            c.trim(1)
-        return out
-
-    hidden = body(y, cache=cache)
-    for c in cache:
-        c.trim(1)
-    logits = head(hidden[:, -1])
-    parts = {
-        "whole step (body + head + argmax)": timed(step),
-        f"attention x {len(body.layers)} layers": timed(attn_only) * len(body.layers),
-        f"MLP x {len(body.layers)} layers": timed(
-            lambda: layer.mlp(layer.post_attention_layernorm(h))
+    ours = {name: timed(fn) for name, fn in parts.items()}
+    theirs = {}
+    if args.torch_python:
+        job = json.dumps({"model": args.model, "batch": b, "cache": s})
+        done = subprocess.run(
+            [args.torch_python, str(ROOT / "benchmarks/torch_decode_parts.py"), job],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())},
         )
-        * len(body.layers),
-        "LM head (vocab x hidden)": timed(lambda: head(hidden[:, -1])),
-        "log-softmax over the vocabulary (mlx-lm, every step)": timed(
-            lambda: logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        ),
-        "argmax": timed(lambda: mx.argmax(logits, -1)),
-    }
-    t = mx.argmax(logits, -1)
-    mx.eval(t)
-    t0 = time.perf_counter()
-    for _ in range(100):
-        t.tolist()
-    parts["tokens to Python (tolist)"] = (time.perf_counter() - t0) * 10
-    print(f"decode step at batch {len(prompts)}, cache ~{width} positions (ms):")
-    for k, v in parts.items():
-        print(f"  {k:55s} {v:8.2f}")
+        if done.returncode:
+            sys.exit(f"torch_decode_parts.py failed:\n{done.stderr[-3000:]}")
+        theirs = json.loads(done.stdout.splitlines()[-1])
+    print(f"decode step parts at batch {b}, cache {s}, x {len(layers)} layers (ms):")
+    print(f"  {'part':32s} {'ours':>8s} {'PyTorch':>8s}")
+    for name, ms in ours.items():
+        print(f"  {name:32s} {ms:8.2f} {theirs.get(name, float('nan')):8.2f}")
     gen = generate_batch(model, prompts, args.max_tokens, set(tok.eos_token_ids), head)
     print(
-        f"generate_batch: {gen.steps} steps, {gen.seconds['decode'] / gen.steps * 1e3:.1f} ms "
-        f"per step, prefill {gen.seconds['prefill']:.2f} s"
+        f"our whole step (generate_batch, compiled): {gen.steps} steps, "
+        f"{gen.seconds['decode'] / gen.steps * 1e3:.1f} ms per step"
     )
 
 

@@ -141,6 +141,37 @@ def fused(tmp_path_factory, tiny_model) -> Path:
     return root
 
 
+def written_format(tok, tokens: list[list[int]], tops: list[list[dict]]):
+    """A verdict-format test double for the tiny judge, which writes no real verdict: the last
+    token of its first judgement (= 1) against the token it most nearly writes instead (= 0: in
+    the top log-probabilities wherever that token is last written, the best of them on
+    average), each read as one token (``scores.value_token_ids``), so that a soft score weighs
+    both. ``tokens`` and ``tops``: greedy judgements with their steps' top log-probabilities."""
+    import re
+
+    from src.judging.scores import value_token_ids
+    from src.judging.verdicts import VerdictFormat
+
+    def one_token(t: int) -> str | None:
+        text = tok.decode([t])
+        return text if text.strip() and tok.encode(text, add_special_tokens=False) == [t] else None
+
+    written = tokens[0][-1]
+    word = one_token(written)
+    steps = [  # each row's step where it last wrote that token
+        top[max(k for k, t in enumerate(row) if t == written)]
+        for row, top in zip(tokens, tops, strict=True)
+        if written in row
+    ]
+    near = set.intersection(*map(set, steps)) - {written}
+    near = sorted(near, key=lambda t: -sum(step[t] for step in steps))
+    other = next(text for t in near if (text := one_token(t)) and word not in text)
+    pattern = re.compile(f"({re.escape(word)}|{re.escape(other)})")
+    fmt = VerdictFormat("written", pattern, 0, 1, 1, {word: 1.0, other: 0.0}, "{}")
+    assert value_token_ids(tok, fmt)
+    return fmt
+
+
 def fake_generation(monkeypatch, answer) -> None:
     """Replace the judge's generation (``src.judging.generate.judge_texts``) by
     ``answer(prompt_text) -> judgement`` (direct scores still come from the real model; soft

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import fake_generation, flags, read_jsonl, write_jsonl
+from conftest import fake_generation, flags, read_jsonl, write_jsonl, written_format
 
 from src.data.sample import generate_rows
 from src.evaluate_genrm import main as evaluate
@@ -391,28 +391,31 @@ def test_average_votes_groups_consecutive_votes():
     ]
 
 
-def test_one_vote_at_temperature_zero_is_the_greedy_judgement(fused):
-    """Voting with K=1 at temperature 0 gives the greedy judge's soft score and verdict, row
-    for row (the tiny judge's own generations; the format is a double that reads words it
-    writes, as in test_genrm)."""
-    import re
-
-    from src.evaluate_genrm import EvalConfig, _generate, _votes
-    from src.judging.verdicts import VerdictFormat
+def _tiny_judge_format(fused, n: int):
+    """The tiny judge, its first ``n`` validation conversations, and a verdict format that reads
+    a token it writes (``conftest.written_format``)."""
+    from src.judging import generate as gen
+    from src.judging.scores import chat_prompt_ids
     from src.modeling.load import load_base
 
-    the = VerdictFormat(
-        "the", re.compile(r"\b(The|is)\b"), 0, 1, 1, {"The": 1.0, "is": 0.0}, "x {}"
-    )
     model, tok, _, _ = load_base(str(fused / "merged"), 0, 64)
-    rows = read_jsonl(fused / "valid.jsonl")[:6]
-    conversations = [r["messages"][:-1] for r in rows]
+    conversations = [r["messages"][:-1] for r in read_jsonl(fused / "valid.jsonl")[:n]]
+    out = gen.generate(model, tok, chat_prompt_ids(tok, conversations), 6, n, top=11)
+    return model, tok, conversations, written_format(tok, out.tokens, out.tops)
+
+
+def test_one_vote_at_temperature_zero_is_the_greedy_judgement(fused):
+    """Voting with K=1 at temperature 0 gives the greedy judge's soft score and verdict, row
+    for row (the tiny judge's own generations, read by a test double of a format)."""
+    from src.evaluate_genrm import EvalConfig, _generate, _votes
+
+    model, tok, conversations, fmt = _tiny_judge_format(fused, 6)
     cfg = EvalConfig(max_tokens=6, batch_size=4, votes=1, temperature=0.0)
-    texts, _, soft, _ = _generate(model, tok, conversations, the, cfg)
-    vote_soft, vote_verdicts, _ = _votes(model, tok, conversations, the, cfg)
+    texts, _, soft, _ = _generate(model, tok, conversations, fmt, cfg)
+    vote_soft, vote_verdicts, _ = _votes(model, tok, conversations, fmt, cfg)
     assert any(s is not None for s in soft)
     assert vote_soft == pytest.approx(soft, abs=1e-6)
-    assert vote_verdicts == [None if (v := the.parse(t)) is None else v for t in texts]
+    assert vote_verdicts == [None if (v := fmt.parse(t)) is None else v for t in texts]
 
 
 def test_votes_through_the_command(tmp_path, fused, monkeypatch):
@@ -468,19 +471,11 @@ def test_soft_scores_read_off_the_generation_are_the_second_passes(fused):
     """evaluate reads each judgement's soft score off its own generation (the verdict values'
     logits where the verdict was written); a second forward pass over prompt and judgement
     (scores.soft_scores, what evaluate did before) gives the same scores."""
-    import re
-
     from src.evaluate_genrm import EvalConfig, _generate
     from src.judging.scores import chat_prompt_ids, soft_scores
-    from src.judging.verdicts import VerdictFormat
-    from src.modeling.load import load_base
 
-    the = VerdictFormat(
-        "the", re.compile(r"\b(The|is)\b"), 0, 1, 1, {"The": 1.0, "is": 0.0}, "x {}"
-    )
-    model, tok, _, _ = load_base(str(fused / "merged"), 0, 64)
-    conversations = [r["messages"][:-1] for r in read_jsonl(fused / "valid.jsonl")[:8]]
-    texts, _, soft, _ = _generate(model, tok, conversations, the, EvalConfig(max_tokens=6))
-    again = soft_scores(model, tok, chat_prompt_ids(tok, conversations), texts, the)
+    model, tok, conversations, fmt = _tiny_judge_format(fused, 8)
+    texts, _, soft, _ = _generate(model, tok, conversations, fmt, EvalConfig(max_tokens=6))
+    again = soft_scores(model, tok, chat_prompt_ids(tok, conversations), texts, fmt)
     assert sum(s is not None for s in soft) >= 2
     assert soft == pytest.approx(again, abs=1e-4)

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import fake_generation, flags, read_jsonl, write_jsonl
+from conftest import fake_generation, flags, read_jsonl, write_jsonl, written_format
 
 from src.judging.genrm import GenRM, ServedGenRM, _soft_values
 from src.judging.prompts import judge_prompt
@@ -272,19 +272,21 @@ def test_soft_verdict_reads_the_verdict_position(fused):
         _soft_values(chars, FORMATS["score10"])
 
 
+def _written(fused, template: str, prompts: list, responses: list):
+    """A format reading what the tiny judge writes for these rows (``conftest.written_format``)."""
+    judge = GenRM(fused / "merged", "yes_no", template, max_tokens=6, batch_size=2)
+    tokens, tops = judge._generate(judge.prompt_ids(judge.user_turns(prompts, responses, None)))
+    return written_format(judge.tokenizer, tokens, tops)
+
+
 def test_soft_scores_from_mlx_lm_server_logprobs_equal_the_python_ones(fused, tmp_path):
     """``logprobs`` through the real server give the soft score the Python interface computes.
-    The tiny judge writes no real verdict, so the format here is a test double that reads the
-    word it does write ("The" = 1) against one it nearly writes ("is" = 0, among the top
-    alternatives at each step); the model, server and arithmetic are real."""
-    import re
-
-    from src.judging.verdicts import VerdictFormat
-
-    words = {"The": 1.0, "is": 0.0}
-    the = VerdictFormat("the", re.compile(r"\b(The|is)\b"), 0, 1, 1, words, "x {}")
+    The tiny judge writes no real verdict, so the format here is a test double that reads a
+    token it does write (= 1) against one it nearly writes (= 0, among the top alternatives at
+    each step: ``conftest.written_format``); the model, server and arithmetic are real."""
     prompts, responses, refs = (list(x) for x in zip(*PAIRS, strict=True))
     template = "Task: {prompt}\nResponse: {response}\nVerdict:"
+    the = _written(fused, template, prompts, responses)
     local = GenRM(fused / "merged", the, template, max_tokens=6, batch_size=2, soft=True)
     with _server(fused, tmp_path) as url:
         served = ServedGenRM(
@@ -463,15 +465,11 @@ def test_loading_the_judge_leaves_every_other_model_in_the_process_alone(fused, 
 def test_soft_scores_of_written_judgements_equal_those_read_while_generating(fused):
     """evaluate's soft score (one forward pass over prompt + judgement up to the verdict) is
     the one GenRM reads from the generation's own log-probabilities at that position."""
-    import re
-
     from src.judging.scores import soft_scores, soft_verdict
-    from src.judging.verdicts import VerdictFormat
 
-    words = {"The": 1.0, "is": 0.0}
-    the = VerdictFormat("the", re.compile(r"\b(The|is)\b"), 0, 1, 1, words, "x {}")
     template = "Task: {prompt}\nResponse: {response}\nVerdict:"
     prompts, responses, _ = (list(x) for x in zip(*PAIRS, strict=True))
+    the = _written(fused, template, prompts, responses)
     local = GenRM(fused / "merged", the, template, max_tokens=6, batch_size=2, soft=True)
     tok = local.tokenizer
     ids = local.prompt_ids(local.user_turns(prompts, responses, None))
