@@ -15,10 +15,10 @@ log-probabilities are computed only where the caller asks for them (``top``: the
 samples (``sampler``), and finished rows leave the batch once a quarter of it has finished.
 Prompts are left-padded and prefilled into mlx-lm's ``BatchKVCache``; decoding then moves the
 keys and values into buffers of fixed capacity (``_Slots``), so that every step has the same
-shapes and one compiled step (``mx.compile``) serves them all: uncompiled, a step is ~1300 small
-operations. Greedy judgements are the same tokens ``batch_generate`` writes (tested on the tiny
-model; checked on SmolLM2 in the benchmark). Models whose cache is not a plain ``KVCache``
-(sliding windows, SSMs) go to mlx-lm's ``BatchGenerator`` unchanged.
+shapes and one compiled step (``mx.compile``) serves them all (on SmolLM2 at batch 32, 9.0 s of
+decoding instead of 12.0 uncompiled). Greedy judgements are the same tokens ``batch_generate``
+writes (tested on the tiny model; checked on SmolLM2 in the benchmark). Models whose cache is
+not a plain ``KVCache`` (sliding windows, SSMs) go to mlx-lm's ``BatchGenerator`` unchanged.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _fixed_capacity(cache, room: int):
         k, v = c.keys_and_values()
         keys.append(mx.pad(k, [(0, 0), (0, 0), (0, room), (0, 0)]))
         values.append(mx.pad(v, [(0, 0), (0, 0), (0, room), (0, 0)]))
-    return keys, values, cache[0].left_padding, cache[0].keys_and_values()[0].shape[2]
+    return keys, values, cache[0].left_padding, keys[0].shape[2] - room
 
 
 def generate_batch(
