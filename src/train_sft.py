@@ -69,6 +69,7 @@ RESUMABLE_FIELDS = {
     "steps_per_report",
     "steps_per_eval",
     "steps_per_save",
+    "validate_first",
     "live_dir",
     "adapter_path",
     "state_dir",
@@ -106,8 +107,16 @@ class TrainConfig:
     )
     cpu_kernels: str = kernels_arg()
     seed: int = arg(0, "seed of LoRA init, data order and dropout")
+    pair_batches: bool = arg(
+        False,
+        "keep the rows of one task (metadata.task_id) in the same batch: a correct and a wrong "
+        "response judged in the same update",
+    )
     steps_per_report: int = arg(10, "iterations between train-loss reports")
     steps_per_eval: int = arg(200, "iterations between validations")
+    validate_first: bool = arg(
+        True, "validate before the first update too (valid_loss_initial); false saves a pass"
+    )
     steps_per_save: int = arg(100, "iterations between checkpoints (a multiple of --grad-accum)")
     resume: bool = arg(False, "continue from the newest checkpoint in --state-dir")
 
@@ -295,7 +304,10 @@ def run(cfg: TrainConfig) -> dict:
     report = StageReport(progress, cfg.live_dir, state)
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in fields(LoopSettings)})
     try:
-        train_loop(model, optimizer, train_set, valid_set, settings, state, ckpts, report, head)
+        groups = [(row.get("metadata") or {}).get("task_id") for row in train_rows]
+        train_loop(
+            model, optimizer, train_set, valid_set, settings, state, ckpts, report, head, groups
+        )
     except NonFiniteLoss as err:
         last = ckpts.newest()
         raise StageError(
@@ -308,9 +320,11 @@ def run(cfg: TrainConfig) -> dict:
         _save_adapter_dir(cfg, model, base, state, head is not None, card)
 
     final, first = state.last_valid_loss, state.valid_curve[0]
-    return {
-        "valid_loss_initial": first["valid_loss"],
-        "valid_ppl_initial": first["valid_ppl"],
+    initial = {}  # the untrained adapter's validation, where it ran (--validate-first)
+    if first["iteration"] == 0:
+        initial = {"valid_loss_initial": first["valid_loss"]}
+        initial["valid_ppl_initial"] = first["valid_ppl"]
+    return initial | {
         "valid_loss": round(final, 6),
         "valid_ppl": round(perplexity(final), 6),
         "best_valid_ppl": round(state.best_ppl, 6),

@@ -95,6 +95,8 @@ def test_defaults_are_the_recipes_hyperparameters_and_recipe_file_is_the_full_ru
         "train.grad_accum",  # the default: 120 updates of 4 rows (docs/default-judge.md)
         "train.warmup_steps",
         "train.steps_per_eval",
+        "train.validate_first",  # the default skips the untrained adapter's validation (45 s)
+        "train.pair_batches",  # balanced batches (docs/default-judge.md)
         "train.steps_per_save",
         "split.valid_size",
         "train.grad_checkpoint",  # memory only: test_train checks the gradients are the same

@@ -24,6 +24,7 @@ SMALL = {  # the default pipeline on the tiny Gemma, shortened: the whole test t
         "warmup_steps": 1,
         "steps_per_report": 4,
         "steps_per_eval": 4,
+        "validate_first": True,  # valid_loss_initial, for the checks below
         "steps_per_save": 4,
     },
     "fuse": {"verify_rows": 8, "n_generations": 1, "max_tokens": 8},

@@ -166,6 +166,33 @@ def test_batches_resume_at_the_same_data_position(tiny_model, genrm_rows):
     assert len(batches) == 3 and int(np.array(batches[-1][1])[:, 1].astype(bool).sum()) == 2
 
 
+def test_pair_batches_keep_a_task_together_and_balance_labels(tiny_model, genrm_rows):
+    """With groups a task's rows are adjacent, so most batches hold a correct and a wrong
+    response to the same task; length-sorted batches alone are often one label only (a wrong
+    answer's row is shorter or longer than a right one's)."""
+    tok = load_tokenizer(str(tiny_model))
+    rows = genrm_rows[:200]
+    lengths = [len(x) for x, _ in make_dataset(rows, tok, mask_prompt=True)]
+    tasks = [r["metadata"]["task_id"] for r in rows]
+    plain, paired = BatchIterator(0).order(lengths), BatchIterator(0, groups=tasks).order(lengths)
+    assert plain == sorted(range(200), key=lambda i: lengths[i])
+    assert sorted(paired) == list(range(200))
+    runs = [tasks[i] for i in paired]
+    starts = [t for k, t in enumerate(runs) if k == 0 or runs[k - 1] != t]
+    assert len(starts) == len(set(tasks))  # every task's rows form one run
+    assert BatchIterator(0, groups=tasks).order(lengths, loop=False) == plain  # evaluation
+
+    def one_label(order):
+        labels = [
+            [rows[i]["metadata"]["label"] for i in order[k : k + 4]] for k in range(0, 200, 4)
+        ]
+        return sum(len(set(b)) == 1 for b in labels)
+
+    assert one_label(paired) < one_label(plain) / 2
+    # rows without a task id are their own group: plain length order
+    assert BatchIterator(0, groups=[None] * 200).order(lengths) == plain
+
+
 def test_recipe_flags_train_and_write_outputs(tmp_path, tiny_model, splits):
     train, valid = splits
     args = [
@@ -399,6 +426,36 @@ def test_plain_lora_without_quantization(tmp_path, tiny_model, splits):
     assert info["base"]["quantized_base"] is False
     m = json.loads((tmp_path / "train.json").read_text())
     assert m["valid_loss"] < m["valid_loss_initial"]
+
+
+def test_validate_first_false_skips_only_the_first_pass(tmp_path, tiny_model, splits):
+    """--validate-first false drops the pass before training (and valid_loss_initial); the
+    training itself and the later validations are the same."""
+    train, valid = splits
+    out = {}
+    for first in ("true", "false"):
+        d = tmp_path / first
+        assert main(train_flags(d, tiny_model, train, valid, validate_first=first)) == 0
+        curve = (d / "live" / "plots" / "metrics" / "valid_loss.tsv").read_text().splitlines()
+        out[first] = json.loads((d / "train.json").read_text()), [r.split("\t")[0] for r in curve]
+    (with_first, steps_with), (without, steps_without) = out["true"], out["false"]
+    assert steps_with == ["step", "0", "4", "8"] and steps_without == ["step", "4", "8"]
+    assert "valid_loss_initial" in with_first and "valid_loss_initial" not in without
+    for key in ("valid_loss", "train_loss", "best_valid_ppl"):
+        assert without[key] == pytest.approx(with_first[key], abs=1e-6)
+
+
+def test_pair_batches_flag_reaches_the_batches(tmp_path, tiny_model, splits):
+    """--pair-batches true trains on other batches than false (same seed, same rows)."""
+    train, valid = splits
+    losses = {}
+    for pair in ("true", "false"):
+        d = tmp_path / pair
+        assert main(train_flags(d, tiny_model, train, valid, pair_batches=pair)) == 0
+        info = json.loads((d / "adapter" / "run_info.json").read_text())
+        assert info["config"]["pair_batches"] is (pair == "true")
+        losses[pair] = json.loads((d / "train.json").read_text())["train_loss"]
+    assert losses["true"] != losses["false"]
 
 
 def test_quantized_compute_path_matches_dequantized(tmp_path, tiny_model, splits):

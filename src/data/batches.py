@@ -19,12 +19,18 @@ class BatchIterator:
     already trained on, and evaluation pads the last batch with empty rows that carry no loss.
     Batching is otherwise mlx-lm's: rows sorted by length, padded to 32k + 1, one batch per step.
     With ``positions`` each batch also carries its ``trained_positions`` for ``masked_loss``.
+
+    ``groups`` (one key per row, e.g. its ``metadata.task_id``; None: a group of its own) keeps a
+    group's rows next to each other in that order, so a training batch holds a task's correct
+    and wrong response together (``--pair-batches``). Their contexts differ only in the response,
+    so the update learns what tells them apart rather than which verdict is more common.
     """
 
-    def __init__(self, seed: int, start_batch: int = 0, positions: bool = False):
+    def __init__(self, seed: int, start_batch: int = 0, positions: bool = False, groups=None):
         self.seed = seed
         self.start_batch = start_batch
         self.positions = positions
+        self.groups = groups
 
     def epoch_order(self, n_batches: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(n_batches)
@@ -37,7 +43,7 @@ class BatchIterator:
             raise ValueError(f"dataset has {len(dataset)} rows, fewer than batch size {batch_size}")
         # Sort by token length. (mlx-lm sorts a CacheDataset by ``itemlen``, which is the number
         # of keys in the raw row, not its token count, so its batches are not length-sorted.)
-        order = sorted(range(len(dataset)), key=lambda i: len(_tokens(dataset[i])))
+        order = self.order([len(_tokens(dataset[i])) for i in range(len(dataset))], loop)
         if loop:
             batches = [
                 order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)
@@ -56,6 +62,18 @@ class BatchIterator:
             for i in self.epoch_order(n, epoch)[skip:]:
                 yield self._collate(dataset, batches[i][rank::world], local, max_seq_length)
             epoch, skip = epoch + 1, 0
+
+    def order(self, lengths: list[int], loop: bool = True) -> list[int]:
+        """Row indices by token length; with ``groups`` (training only) whole groups by their
+        longest row, a group's rows adjacent (padding stays small: a task's rows are alike)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        if self.groups is None or not loop:
+            return order
+        keys = [(0, g) if g is not None else (1, i) for i, g in enumerate(self.groups)]
+        longest: dict = {}
+        for i, key in enumerate(keys):
+            longest[key] = max(longest.get(key, 0), lengths[i])
+        return sorted(order, key=lambda i: (longest[keys[i]], keys[i]))
 
     def _collate(self, dataset, idx, rows, max_seq_length):
         items = [dataset[j] for j in idx]

@@ -62,6 +62,8 @@ class LoopSettings:
     grad_checkpoint: bool
     steps_per_report: int
     steps_per_eval: int
+    validate_first: bool  # validate the untrained adapter at iteration 0 too
+    pair_batches: bool  # a task's rows in one batch (BatchIterator's groups)
     steps_per_save: int
     cpu_kernels: str  # the model's (src/modeling/kernels.py): the loss uses the same
 
@@ -115,6 +117,7 @@ def train_loop(
     checkpoints: Checkpoints,
     report: Report,
     head=None,
+    groups=None,
 ) -> TrainState:
     """Train from ``state.iteration`` to ``s.iters``: mlx-lm's compiled step with gradient
     accumulation, and at their own cadence the report, the validation over the whole set (with
@@ -145,9 +148,10 @@ def train_loop(
             if rank0:
                 checkpoints.save_best(model)
 
-    if state.iteration == 0:
+    if state.iteration == 0 and s.validate_first:
         validate(0)
-    batches = BatchIterator(s.seed, state.iteration, positions=head is not None)(
+    groups = groups if s.pair_batches else None
+    batches = BatchIterator(s.seed, state.iteration, positions=head is not None, groups=groups)(
         train_set, s.batch_size, s.max_seq_length, loop=True, comm_group=world
     )
     mx.random.seed(rng_seed(s.seed, state.iteration))
