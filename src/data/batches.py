@@ -22,8 +22,8 @@ class BatchIterator:
 
     ``groups`` (one key per row, e.g. its ``metadata.task_id``; None: a group of its own) keeps a
     group's rows next to each other in that order, so a training batch holds a task's correct
-    and wrong response together (``--pair-batches``). Their contexts differ only in the response,
-    so the update learns what tells them apart rather than which verdict is more common.
+    and wrong response together (``--pair-batches``) instead of, often, one verdict only. Four
+    runs: no better across seeds than length order (docs/default-judge.md).
     """
 
     def __init__(self, seed: int, start_batch: int = 0, positions: bool = False, groups=None):
