@@ -96,7 +96,6 @@ def test_defaults_are_the_recipes_hyperparameters_and_recipe_file_is_the_full_ru
         "train.warmup_steps",
         "train.steps_per_eval",
         "train.validate_first",  # the default skips the untrained adapter's validation (45 s)
-        "train.pair_batches",  # balanced batches (docs/default-judge.md)
         "train.steps_per_save",
         "split.valid_size",
         "train.grad_checkpoint",  # memory only: test_train checks the gradients are the same
