@@ -304,7 +304,12 @@ def run(cfg: TrainConfig) -> dict:
     report = StageReport(progress, cfg.live_dir, state)
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in fields(LoopSettings)})
     try:
-        groups = [(row.get("metadata") or {}).get("task_id") for row in train_rows]
+        # --pair-batches: a task's rows batched together (BatchIterator's groups)
+        groups = (
+            [(row.get("metadata") or {}).get("task_id") for row in train_rows]
+            if cfg.pair_batches
+            else None
+        )
         train_loop(
             model, optimizer, train_set, valid_set, settings, state, ckpts, report, head, groups
         )

@@ -63,7 +63,6 @@ class LoopSettings:
     steps_per_report: int
     steps_per_eval: int
     validate_first: bool  # validate the untrained adapter at iteration 0 too
-    pair_batches: bool  # a task's rows in one batch (BatchIterator's groups)
     steps_per_save: int
     cpu_kernels: str  # the model's (src/modeling/kernels.py): the loss uses the same
 
@@ -123,7 +122,9 @@ def train_loop(
     accumulation, and at their own cadence the report, the validation over the whole set (with
     the best adapter kept), and the checkpoint. Raises ``NonFiniteLoss`` at the first iteration
     whose loss is NaN or infinite, before it reaches the weights of a checkpoint. ``head``
-    (``checked_head(model)``, or None) computes logits at the trained positions only."""
+    (``checked_head(model)``, or None) computes logits at the trained positions only.
+    ``groups``: one key per training row (None: length-sorted batches, as mlx-lm's), rows of a
+    key batched together (``BatchIterator``)."""
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
     maybe_set_recommended_wired_limit()
@@ -150,7 +151,6 @@ def train_loop(
 
     if state.iteration == 0 and s.validate_first:
         validate(0)
-    groups = groups if s.pair_batches else None
     batches = BatchIterator(s.seed, state.iteration, positions=head is not None, groups=groups)(
         train_set, s.batch_size, s.max_seq_length, loop=True, comm_group=world
     )
