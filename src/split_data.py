@@ -36,6 +36,7 @@ from .data.sft import (
     fold_system,
     iter_jsonl_lines,
     prompt_key,
+    task_id,
     token_lengths,
 )
 from .modeling.source import load_tokenizer
@@ -198,7 +199,7 @@ def run(cfg: SplitConfig) -> dict:
         )
 
     meta = [row.get("metadata") if isinstance(row.get("metadata"), dict) else {} for row in kept]
-    task_ids = [str(m["task_id"]) if "task_id" in m else None for m in meta]
+    task_ids = [task_id(row) for row in kept]
     labels = [m.get("label") for m in meta]
     groups = _groups([(prompt_key(row, fmt), t) for row, t in zip(kept, task_ids, strict=True)])
     valid_idx = _pick_valid(groups, labels, cfg.valid_size, cfg.seed)

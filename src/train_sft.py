@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import paths
-from .data.sft import make_dataset, read_jsonl, validate_rows
+from .data.sft import make_dataset, read_jsonl, task_id, validate_rows
 from .judging.card import JudgeCard
 from .modeling.blas import blas_report, warn_if_slow_blas
 from .modeling.head import checked_head
@@ -305,11 +305,7 @@ def run(cfg: TrainConfig) -> dict:
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in fields(LoopSettings)})
     try:
         # --pair-batches: a task's rows batched together (BatchIterator's groups)
-        groups = (
-            [(row.get("metadata") or {}).get("task_id") for row in train_rows]
-            if cfg.pair_batches
-            else None
-        )
+        groups = [task_id(row) for row in train_rows] if cfg.pair_batches else None
         train_loop(
             model, optimizer, train_set, valid_set, settings, state, ckpts, report, head, groups
         )

@@ -240,6 +240,13 @@ def fold_system(row: dict) -> dict:
     return {**row, "messages": [folded, *rest]}
 
 
+def task_id(row: dict) -> str | None:
+    """A row's ``metadata.task_id`` as a string; None where the row has no metadata object or
+    no id (the split keeps a task's rows on one side, ``--pair-batches`` in one batch)."""
+    meta = row.get("metadata")
+    return str(meta["task_id"]) if isinstance(meta, dict) and "task_id" in meta else None
+
+
 def prompt_key(row: dict, fmt: str):
     """What a row is conditioned on; rows sharing it must stay on one side of the split."""
     if fmt == CHAT:
