@@ -78,13 +78,7 @@ def test_reference_guided_rows_are_the_same_tasks_with_the_answer_in_the_prompt(
         question, answer, response = task.groups()
         assert p["messages"][0]["content"].startswith(f"Task: {question}\n\nResponse: {response}")
         assert (answer == response) == bool(g["metadata"]["label"])
-        if g["metadata"]["task_type"] == "sorting":  # lists are not restated
-            verdict = "it matches the reference" if answer == response else "does not match"
-        else:  # restated, then compared
-            verdict = (
-                f"The response gives {response}. The reference answer is {answer}. The two answers "
-                f"are {'identical' if answer == response else 'different'}, so the response is"
-            )
+        verdict = "it matches the reference" if answer == response else "does not match"
         assert verdict in critique and critique.endswith(f"Score: {g['metadata']['score']}/10")
 
 

@@ -249,18 +249,8 @@ def _critique_body(
         if task.kind == "sorting":  # lists are not restated: ~110 tokens, over eval.max_tokens
             how = "in the same order as" if correct else "with two numbers swapped against"
             return f"The response lists the numbers {how} the reference answer; it {verdict}."
-        # "The two answers are identical / different": the untrained SmolLM2 already prefers the
-        # right one of these two words (AUC 0.84 on arithmetic rows, 1.00 on conversions), while
-        # after "...; it" it preferred " matches" for *unequal* answers (AUC 0.18): trained on
-        # that wording, the judge learnt the comparison at some seeds only (docs/default-judge.md).
-        same = (
-            "identical, so the response is correct"
-            if correct
-            else "different, so the response is wrong"
-        )
         return (
-            f"The response gives {response}. The reference answer is {task.answer}. "
-            f"The two answers are {same}."
+            f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
         )
     if task.kind == "sorting":
         # Long lists are not repeated in the critique: the judge states where it looked.
