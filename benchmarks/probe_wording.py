@@ -1,0 +1,83 @@
+"""Which comparison wording does the untrained base already read right?
+
+For each validation row (reference-guided, ``metadata.response`` / ``metadata.reference``), the
+base model reads the judge prompt and the start of a critique that restates both answers, and
+the probe compares its logits for the two words that would conclude it (e.g. " identical" /
+" different"). Reported: the AUC of that logit difference against the true label, per task
+type (1.0: the base already ranks every equal pair above every unequal one; 0.5: no signal;
+below 0.5: the wording's association runs the wrong way, which training must first undo).
+
+    uv run python benchmarks/probe_wording.py --data data/processed/sft/sft_valid.jsonl
+
+docs/default-judge.md ("The critique's wording") has what it measured and why it chose the
+default critique.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import src  # noqa: F401  (the fast BLAS before MLX)
+
+# name: (critique start, the word for equal answers, the word for unequal ones)
+WORDINGS = {
+    "matches": ("The response gives {r}. The reference answer is {y}; it", " matches", " does"),
+    "identical": (
+        "The response gives {r}. The reference answer is {y}. The two answers are",
+        " identical",
+        " different",
+    ),
+    "same?": (
+        "The response gives {r}. The reference answer is {y}. Are they the same? ",
+        "Yes",
+        "No",
+    ),
+    "python": (
+        'The response gives {r}. The reference answer is {y}.\n>>> "{r}" == "{y}"\n',
+        "True",
+        "False",
+    ),
+}
+
+
+def auc(pairs: list[tuple[float, int]]) -> float:
+    pos = [d for d, label in pairs if label]
+    neg = [d for d, label in pairs if not label]
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / max(1, len(pos) * len(neg))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="checkpoints/base_model")
+    parser.add_argument("--data", default="data/processed/sft/sft_valid.jsonl")
+    args = parser.parse_args()
+
+    import mlx.core as mx
+
+    from src.modeling.load import load_base
+
+    model, tok, _, _ = load_base(args.model, 4, 64, "dequantized", "fast")
+    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()]
+    for name, (start, same, differ) in WORDINGS.items():
+        a = tok.encode(same, add_special_tokens=False)[0]
+        b = tok.encode(differ, add_special_tokens=False)[0]
+        seen = defaultdict(list)
+        for row in rows:
+            md = row["metadata"]
+            prompt = tok.apply_chat_template(
+                row["messages"][:-1], tokenize=False, add_generation_prompt=True
+            )
+            text = prompt + "Critique: " + start.format(r=md["response"], y=md["reference"])
+            logits = model(mx.array([tok.encode(text, add_special_tokens=False)]))[0, -1]
+            seen[md["task_type"]].append(((logits[a] - logits[b]).item(), md["label"]))
+        every = [p for pairs in seen.values() for p in pairs]
+        per_task = ", ".join(f"{k} {auc(v):.2f}" for k, v in sorted(seen.items()))
+        print(f"{name:10s} AUC {auc(every):.2f}  ({per_task})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
