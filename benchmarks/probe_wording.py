@@ -16,11 +16,14 @@ default critique.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
-import src  # noqa: F401  (the fast BLAS before MLX)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import src  # noqa: E402, F401  (the fast BLAS before MLX)
+from src.data.sft import read_jsonl  # noqa: E402
+from src.judging.metrics import auc  # noqa: E402
 
 # name: (critique start, the word for equal answers, the word for unequal ones)
 WORDINGS = {
@@ -43,13 +46,6 @@ WORDINGS = {
 }
 
 
-def auc(pairs: list[tuple[float, int]]) -> float:
-    pos = [d for d, label in pairs if label]
-    neg = [d for d, label in pairs if not label]
-    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
-    return wins / max(1, len(pos) * len(neg))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="checkpoints/base_model")
@@ -61,11 +57,11 @@ def main() -> None:
     from src.modeling.load import load_base
 
     model, tok, _, _ = load_base(args.model, 4, 64, "dequantized", "fast")
-    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()]
+    rows = [row for _, row in read_jsonl(args.data)]
     for name, (start, same, differ) in WORDINGS.items():
         a = tok.encode(same, add_special_tokens=False)[0]
         b = tok.encode(differ, add_special_tokens=False)[0]
-        seen = defaultdict(list)
+        seen = defaultdict(lambda: ([], []))  # task type: (logit differences, labels)
         for row in rows:
             md = row["metadata"]
             prompt = tok.apply_chat_template(
@@ -73,10 +69,11 @@ def main() -> None:
             )
             text = prompt + "Critique: " + start.format(r=md["response"], y=md["reference"])
             logits = model(mx.array([tok.encode(text, add_special_tokens=False)]))[0, -1]
-            seen[md["task_type"]].append(((logits[a] - logits[b]).item(), md["label"]))
-        every = [p for pairs in seen.values() for p in pairs]
-        per_task = ", ".join(f"{k} {auc(v):.2f}" for k, v in sorted(seen.items()))
-        print(f"{name:10s} AUC {auc(every):.2f}  ({per_task})", flush=True)
+            seen[md["task_type"]][0].append((logits[a] - logits[b]).item())
+            seen[md["task_type"]][1].append(md["label"])
+        every = [sum((v[i] for v in seen.values()), []) for i in (0, 1)]
+        per_task = ", ".join(f"{k} {auc(*v):.2f}" for k, v in sorted(seen.items()))
+        print(f"{name:10s} AUC {auc(*every):.2f}  ({per_task})", flush=True)
 
 
 if __name__ == "__main__":
