@@ -9,8 +9,8 @@ below 0.5: the wording's association runs the wrong way, which training must fir
 
     uv run python benchmarks/probe_wording.py --data data/processed/sft/sft_valid.jsonl
 
-docs/default-judge.md ("The critique's wording") has what it measured and why it chose the
-default critique.
+docs/default-judge.md ("The critique's wording and the sorting rows") has what it measured,
+and what training with the better-read wording then did (it did not become the default).
 """
 
 from __future__ import annotations
@@ -52,17 +52,25 @@ def main() -> None:
     parser.add_argument("--data", default="data/processed/sft/sft_valid.jsonl")
     args = parser.parse_args()
 
+    rows = read_jsonl(args.data)
+    for line, row in rows:
+        md = row.get("metadata") or {}
+        if not all(k in md for k in ("response", "reference", "label", "task_type")):
+            sys.exit(
+                f"{args.data}:{line}: no metadata.response/reference/label/task_type. Fix: pass "
+                "reference-guided pointwise rows as the sample_data stage writes them."
+            )
+
     import mlx.core as mx
 
     from src.modeling.load import load_base
 
     model, tok, _, _ = load_base(args.model, 4, 64, "dequantized", "fast")
-    rows = [row for _, row in read_jsonl(args.data)]
     for name, (start, same, differ) in WORDINGS.items():
         a = tok.encode(same, add_special_tokens=False)[0]
         b = tok.encode(differ, add_special_tokens=False)[0]
         seen = defaultdict(lambda: ([], []))  # task type: (logit differences, labels)
-        for row in rows:
+        for _, row in rows:
             md = row["metadata"]
             prompt = tok.apply_chat_template(
                 row["messages"][:-1], tokenize=False, add_generation_prompt=True
