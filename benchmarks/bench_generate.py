@@ -10,7 +10,9 @@ same token ids for every setup; greedy, up to ``--max-tokens`` new tokens, stopp
 tokenizer's end of turn:
 
 - ``ours``: ``src/judging/generate.py`` (what evaluate, ``src.score`` and ``GenRM`` call), on the
-  model as the stages load it (``load_base``, ``cpu_kernels: fast``);
+  model as the stages load it (``load_base``, ``cpu_kernels: fast``): decode attention in C;
+- ``ours-mlx-attention`` (asked for in ``--setups``): ours with each decode step one compiled MLX
+  graph, attention included (where no C compiler is found);
 - ``mlx-lm``: ``mlx_lm.generate.batch_generate`` as installed, on the same loaded model;
 - ``transformers``: ``generate`` in PyTorch (``benchmarks/torch_generate.py``, run by
   ``--torch-python``: a Python with torch and transformers; never a project dependency), fp32,
@@ -56,6 +58,19 @@ def _ours(model, tok, prompts, max_tokens):
     return out.tokens, out.seconds["prefill"], total
 
 
+def _ours_mlx_attention(model, tok, prompts, max_tokens):
+    """Ours with every decode step compiled in MLX, attention included: what generation does
+    where no C compiler is found (``src/modeling/host_attention.py``)."""
+    from src.judging import generate as gen
+
+    chosen = gen._decoder
+    gen._decoder = lambda *args: gen._CompiledDecoder(*args)  # this benchmark's process only
+    try:
+        return _ours(model, tok, prompts, max_tokens)
+    finally:
+        gen._decoder = chosen
+
+
 def _mlx_lm(model, tok, prompts, max_tokens):
     from mlx_lm.generate import batch_generate
 
@@ -87,7 +102,11 @@ def run(args) -> list[dict]:
     model, tok, prompts = _prompts(args.model, args.data, max(max(batches), 8))
     results, ours_tokens = [], {}
     setups = args.setups.split(",")
-    todo = [("ours", _ours), ("mlx-lm batch_generate", _mlx_lm)][: 1 + ("mlx-lm" in setups)]
+    todo = [("ours", _ours)]
+    if "ours-mlx-attention" in setups:
+        todo.append(("ours, MLX attention", _ours_mlx_attention))
+    if "mlx-lm" in setups:
+        todo.append(("mlx-lm batch_generate", _mlx_lm))
     for name, fn in todo:
         fn(model, tok, prompts[:8], 8)  # warm-up
         for b in batches:
@@ -234,7 +253,7 @@ def profile(args) -> None:
         print(f"  {name:32s} {ms:8.2f} {theirs.get(name, float('nan')):8.2f}")
     gen = generate_batch(model, prompts, args.max_tokens, set(tok.eos_token_ids), head)
     print(
-        f"our whole step (generate_batch, compiled): {gen.steps} steps, "
+        f"our whole step (generate_batch): {gen.steps} steps, "
         f"{gen.seconds['decode'] / gen.steps * 1e3:.1f} ms per step"
     )
 

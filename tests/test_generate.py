@@ -35,7 +35,26 @@ def loaded(tiny_model):
     return model, tok, prompts, checked_head(model)
 
 
-def test_greedy_tokens_are_batch_generates(loaded, monkeypatch):
+@pytest.fixture(params=["host", "compiled"])
+def decoder(request, monkeypatch):
+    """Each test runs with both decoders: attention in C (what the CPU uses where a compiler
+    is found) and the compiled MLX step (everywhere else)."""
+    from src.judging import generate as gen
+
+    chosen = []
+    make = gen._decoder if request.param == "host" else gen._CompiledDecoder
+
+    def spy(*args):
+        chosen.append(make(*args))
+        return chosen[-1]
+
+    monkeypatch.setattr(gen, "_decoder", spy)
+    yield
+    want = "_HostDecoder" if request.param == "host" else "_CompiledDecoder"
+    assert chosen and {type(d).__name__ for d in chosen} == {want}
+
+
+def test_greedy_tokens_are_batch_generates(loaded, decoder, monkeypatch):
     from mlx_lm.generate import batch_generate
 
     from src.judging import generate as gen
@@ -52,7 +71,7 @@ def test_greedy_tokens_are_batch_generates(loaded, monkeypatch):
     assert gen.generate(model, tok, prompts, 12, 10, head).tokens == theirs.token_ids
 
 
-def test_rows_stop_where_mlx_lm_stops_them(loaded):
+def test_rows_stop_where_mlx_lm_stops_them(loaded, decoder):
     """A stop token ends a row (left out of its tokens); the others go on, and the batch ends
     when the last row does."""
     from src.judging.generate import _mlx_lm_batch, generate_batch
@@ -76,7 +95,7 @@ def test_rows_stop_where_mlx_lm_stops_them(loaded):
     assert whole.tokens == [[]] * len(prompts) and whole.steps == 1  # all stop at once
 
 
-def test_top_log_probabilities_are_mlx_lms(loaded):
+def test_top_log_probabilities_are_mlx_lms(loaded, decoder):
     from src.judging.generate import _mlx_lm_batch, generate_batch
 
     model, tok, prompts, head = loaded
@@ -102,3 +121,32 @@ def test_a_model_that_is_not_plain_kv_goes_to_mlx_lm(loaded, monkeypatch):
     assert len(calls) == 3
     with pytest.raises(ValueError, match="max_tokens"):
         gen.generate(model, tok, prompts, 0, 4)
+
+
+def test_a_shared_prefix_is_prefilled_once_with_the_same_caches(loaded):
+    """The tokens every prompt starts with are prefilled once; the rows' caches and last logits
+    are those of prefilling every prompt whole (left padding moved before the prefix)."""
+    import numpy as np
+
+    from src.judging import generate as gen
+
+    model, tok, prompts, head = loaded
+    shared = gen.shared_prefix(prompts)
+    assert shared > 3 and all(p[:shared] == prompts[0][:shared] for p in prompts)
+    assert len({tuple(p[: shared + 1]) for p in prompts}) > 1
+    assert gen.shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # each row keeps a token of its own
+    assert gen.shared_prefix([[1, 2], [3, 2]]) == 0
+    prefix = gen._prefix_cache(model, prompts[0][:shared])
+    rows = prompts[:6]
+    ours, last = gen._prefill(model, head, rows, prefix)
+    whole, want = gen._prefill(model, head, rows)
+    np.testing.assert_allclose(np.array(last), np.array(want), rtol=1e-4, atol=1e-4)
+    for a, b in zip(ours, whole, strict=True):
+        assert a.left_padding.tolist() == b.left_padding.tolist()
+        assert a.offset.tolist() == b.offset.tolist() == [len(p) for p in rows]
+        for x, y in zip(a.keys_and_values(), b.keys_and_values(), strict=True):
+            assert x.shape == y.shape
+            for i, pad in enumerate(a.left_padding.tolist()):  # the padding columns are unread
+                np.testing.assert_allclose(
+                    np.array(x[i, :, pad:]), np.array(y[i, :, pad:]), rtol=1e-4, atol=1e-4
+                )

@@ -119,7 +119,8 @@ def _module_file(name: str):
 def _src_imports(module: str) -> set[str]:
     """Files of the ``src`` code that ``python -m module`` runs: the package ``__init__``s on the
     way (``src``'s preloads the BLAS) and what ``module`` imports, at any depth, module-level or
-    inside functions, relative imports resolved."""
+    inside functions, relative imports resolved, and the files beside them that they read
+    (``Path(__file__).with_name(...)``: the C kernel)."""
     import ast
 
     seen, todo, files = set(), [module], set()
@@ -147,6 +148,13 @@ def _src_imports(module: str) -> set[str]:
                     todo += [f"{full}.{a.name}" for a in node.names]  # submodules, if they are
             elif isinstance(node, ast.Import):
                 todo += [a.name for a in node.names if a.name.startswith("src.")]
+            elif (  # a file beside it that it reads: Path(__file__).with_name("kernel.c")
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", None) == "with_name"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                files.add(str((path.parent / node.args[0].value).relative_to(ROOT)))
     return files
 
 

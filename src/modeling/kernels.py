@@ -15,7 +15,9 @@ arithmetic only:
 CPU take the fast path; quantized KV caches, attention sinks, other dtypes and devices go to
 mlx-lm's own functions. Gradients are explicit (``custom_function`` VJPs of the exact formulas,
 evaluated at the approximations). The choice is the ``model.cpu_kernels`` param (``fast`` |
-``exact``); ``exact`` also gives the loss MLX's own ``exp`` (``src/modeling/losses.py``).
+``exact``); ``exact`` also gives the loss MLX's own ``exp`` (``src/modeling/losses.py``). With
+``fast``, a judge's decode steps on the CPU take their attention from C
+(``src/modeling/host_attention.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 import types
 
 import mlx.core as mx
+
+from .host_attention import HostKV
 
 KERNELS = ("fast", "exact")  # the ``model.cpu_kernels`` param
 
@@ -221,9 +225,25 @@ def _swiglu_cpu(gate, x):
     return activations.swiglu(gate, x)
 
 
+def attention_bound(model) -> bool:
+    """Whether every attention layer of ``model`` computes through ``_attention_cpu`` (bound by
+    ``use_fast_kernels``), so a decoder may hand it ``HostKV`` caches."""
+    found = False
+    for _, layer in model.named_modules():
+        call = type(layer).__call__
+        names = getattr(getattr(call, "__code__", None), "co_names", ())
+        if "scaled_dot_product_attention" in names:
+            if call.__globals__.get("scaled_dot_product_attention") is not _attention_cpu:
+                return False
+            found = True
+    return found
+
+
 def _attention_cpu(queries, keys, values, cache, scale, mask, sinks=None):
     from mlx_lm.models import base
 
+    if isinstance(cache, HostKV):  # decoding's C attention (src/modeling/host_attention.py)
+        return cache.attend(queries, keys, values, scale)
     if sinks is None and not hasattr(cache, "bits") and queries.dtype == mx.float32:
         return attention(queries, keys, values, scale, mask)
     return base.scaled_dot_product_attention(
