@@ -165,12 +165,15 @@ def profile(args) -> None:
     """Where a decode step's time goes, ours beside PyTorch's: each part of a step at batch
     ``--profile-batch`` with a cache of 140 positions, chained through the model's 30 layers
     and evaluated once (so no per-call overhead is counted), median of 10, in ms. PyTorch's
-    parts come from ``benchmarks/torch_decode_parts.py`` (``--torch-python``). Then our whole
-    step, as ``generate_batch`` runs it (compiled), on the validation prompts."""
+    parts come from ``benchmarks/torch_decode_parts.py`` (``--torch-python``). Attention is
+    timed both ways: MLX's (the compiled step's) and the C kernel's (``HostKV.attend``, the
+    step's new keys written at the last position). Then our whole step, as ``generate_batch``
+    runs it with each decoder, on the validation prompts."""
     import mlx.core as mx
+    import numpy as np
 
-    from src.judging.generate import generate_batch
-    from src.modeling import kernels
+    from src.judging import generate as gen
+    from src.modeling import host_attention, kernels
     from src.modeling.head import checked_head
 
     b, s = args.profile_batch, 140
@@ -188,6 +191,11 @@ def profile(args) -> None:
     offset = mx.arange(b) + 100
     h1 = 0.1 * mx.random.normal((b, 1, layers[0].mlp.gate_proj.weight.shape[0]))  # MLP width
     mx.eval(h0, h1, keys, values)
+
+    host_k, host_v = [np.array(k) for k in keys], [np.array(v) for v in values]
+    left = np.zeros(b, np.int32)
+    if host_attention.library() is None:
+        sys.exit("the C kernel could not be built (see the note above)")
 
     def chain(part):
         def run():
@@ -215,6 +223,13 @@ def profile(args) -> None:
         "q/k/v/o projections": chain(proj),
         "attention over the cache": chain(
             lambda i, layer, h: back(kernels.attention(heads(h), keys[i], values[i], 0.125, mask))
+        ),
+        "attention over the cache, in C": chain(
+            lambda i, layer, h: back(
+                host_attention.HostKV(host_k[i], host_v[i], left, s - 1, None).attend(
+                    heads(h), heads(h)[:, :hkv], heads(h)[:, :hkv], 0.125
+                )
+            )
         ),
         "RoPE (queries and keys)": chain(
             lambda i, layer, h: back(layer.self_attn.rope(heads(h), offset=offset))
@@ -251,11 +266,15 @@ def profile(args) -> None:
     print(f"  {'part':32s} {'ours':>8s} {'PyTorch':>8s}")
     for name, ms in ours.items():
         print(f"  {name:32s} {ms:8.2f} {theirs.get(name, float('nan')):8.2f}")
-    gen = generate_batch(model, prompts, args.max_tokens, set(tok.eos_token_ids), head)
-    print(
-        f"our whole step (generate_batch): {gen.steps} steps, "
-        f"{gen.seconds['decode'] / gen.steps * 1e3:.1f} ms per step"
-    )
+    chosen = gen._decoder
+    for name, decoder in (("attention in C", chosen), ("compiled MLX step", gen._CompiledDecoder)):
+        gen._decoder = decoder  # this benchmark's process only
+        out = gen.generate_batch(model, prompts, args.max_tokens, set(tok.eos_token_ids), head)
+        print(
+            f"our whole step (generate_batch, {name}): {out.steps} steps, "
+            f"{out.seconds['decode'] / out.steps * 1e3:.1f} ms per step"
+        )
+    gen._decoder = chosen
 
 
 def main() -> None:
