@@ -73,7 +73,7 @@ def _last_logits(model, head, tokens, cache):
 
 def shared_prefix(prompts: list[list[int]]) -> int:
     """How many first tokens every prompt shares, each keeping at least one of its own (the
-    chat template's system turn and the judge prompt's opening, on SmolLM2 25 of ~100)."""
+    chat template's system turn and the judge prompt's opening, on SmolLM2 26 of ~98)."""
     n = min(map(len, prompts)) - 1
     first = prompts[0]
     shared = 0
@@ -277,8 +277,8 @@ class _HostDecoder:
     """Decode steps with each layer's attention in C (``src/modeling/host_attention.py``) over
     NumPy caches, the rest in MLX: a model bound with the fast kernels, float32, on the CPU.
     Not compiled: every layer hands its queries, keys and values to C, so the step is evaluated
-    layer by layer (on SmolLM2 at batch 32 and 100, 1.25-1.4x the compiled step's tokens/s:
-    benchmarks/README.md)."""
+    layer by layer (on SmolLM2 at batch 32 and 100, 1.05-1.4x the compiled step's decode
+    tokens/s over six runs; as fast or a little slower at batch 1 and 8: benchmarks/README.md)."""
 
     def __init__(self, model, head, cache, room: int):
         import numpy as np
