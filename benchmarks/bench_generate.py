@@ -10,7 +10,10 @@ same token ids for every setup; greedy, up to ``--max-tokens`` new tokens, stopp
 tokenizer's end of turn:
 
 - ``ours``: ``src/judging/generate.py`` (what evaluate, ``src.score`` and ``GenRM`` call), on the
-  model as the stages load it (``load_base``, ``cpu_kernels: fast``): decode attention in C;
+  model as the stages load it (``load_base``, ``cpu_kernels: fast``): on a Llama-family model
+  each decode step whole in C (``src/modeling/cpu_decode.py``'s ``HostLlama``);
+- ``ours-c-attention`` (asked for in ``--setups``): ours with only each layer's attention in C,
+  the rest in MLX (what other models, e.g. Gemma, get on the CPU);
 - ``ours-mlx-attention`` (asked for in ``--setups``): ours with each decode step one compiled MLX
   graph, attention included (where no C compiler is found);
 - ``mlx-lm``: ``mlx_lm.generate.batch_generate`` as installed, on the same loaded model;
@@ -58,17 +61,20 @@ def _ours(model, tok, prompts, max_tokens):
     return out.tokens, out.seconds["prefill"], total
 
 
-def _ours_mlx_attention(model, tok, prompts, max_tokens):
-    """Ours with every decode step compiled in MLX, attention included: what generation does
-    where no C compiler is found (``src/modeling/host_attention.py``)."""
-    from src.judging import generate as gen
+def _with_decoder(decoder):
+    """Ours with ``decoder`` (a class of ``src/judging/generate.py``) for every decode step."""
 
-    chosen = gen._decoder
-    gen._decoder = lambda *args: gen._CompiledDecoder(*args)  # this benchmark's process only
-    try:
-        return _ours(model, tok, prompts, max_tokens)
-    finally:
-        gen._decoder = chosen
+    def run(model, tok, prompts, max_tokens):
+        from src.judging import generate as gen
+
+        chosen = gen._decoder
+        gen._decoder = getattr(gen, decoder)  # this benchmark's process only
+        try:
+            return _ours(model, tok, prompts, max_tokens)
+        finally:
+            gen._decoder = chosen
+
+    return run
 
 
 def _mlx_lm(model, tok, prompts, max_tokens):
@@ -103,8 +109,10 @@ def run(args) -> list[dict]:
     results, ours_tokens = [], {}
     setups = args.setups.split(",")
     todo = [("ours", _ours)]
+    if "ours-c-attention" in setups:
+        todo.append(("ours, attention in C", _with_decoder("_HostDecoder")))
     if "ours-mlx-attention" in setups:
-        todo.append(("ours, MLX attention", _ours_mlx_attention))
+        todo.append(("ours, MLX attention", _with_decoder("_CompiledDecoder")))
     if "mlx-lm" in setups:
         todo.append(("mlx-lm batch_generate", _mlx_lm))
     for name, fn in todo:
@@ -168,12 +176,13 @@ def profile(args) -> None:
     parts come from ``benchmarks/torch_decode_parts.py`` (``--torch-python``). Attention is
     timed both ways: MLX's (the compiled step's) and the C kernel's (``HostKV.attend``, the
     step's new keys written at the last position). Then our whole step, as ``generate_batch``
-    runs it with each decoder, on the validation prompts."""
+    runs it with each decoder (the whole step in C, attention in C, the compiled MLX step), on
+    the validation prompts."""
     import mlx.core as mx
     import numpy as np
 
     from src.judging import generate as gen
-    from src.modeling import host_attention, kernels
+    from src.modeling import cpu_decode, kernels
     from src.modeling.head import checked_head
 
     b, s = args.profile_batch, 140
@@ -194,7 +203,7 @@ def profile(args) -> None:
 
     host_k, host_v = [np.array(k) for k in keys], [np.array(v) for v in values]
     left = np.zeros(b, np.int32)
-    if host_attention.library() is None:
+    if cpu_decode.library() is None:
         sys.exit("the C kernel could not be built (see the note above)")
 
     def chain(part):
@@ -226,7 +235,7 @@ def profile(args) -> None:
         ),
         "attention over the cache, in C": chain(
             lambda i, layer, h: back(
-                host_attention.HostKV(host_k[i], host_v[i], left, s - 1, None).attend(
+                cpu_decode.HostKV(host_k[i], host_v[i], left, s - 1, None).attend(
                     heads(h), heads(h)[:, :hkv], heads(h)[:, :hkv], 0.125
                 )
             )
@@ -267,7 +276,12 @@ def profile(args) -> None:
     for name, ms in ours.items():
         print(f"  {name:32s} {ms:8.2f} {theirs.get(name, float('nan')):8.2f}")
     chosen = gen._decoder
-    for name, decoder in (("attention in C", chosen), ("compiled MLX step", gen._CompiledDecoder)):
+    decoders = (
+        ("whole step in C", chosen),
+        ("attention in C", gen._HostDecoder),
+        ("compiled MLX step", gen._CompiledDecoder),
+    )
+    for name, decoder in decoders:
         gen._decoder = decoder  # this benchmark's process only
         out = gen.generate_batch(model, prompts, args.max_tokens, set(tok.eos_token_ids), head)
         print(

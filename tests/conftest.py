@@ -35,6 +35,43 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_gemma(out, TINY, corpus)
 
 
+def tiny_llama(vocab: int, seed: int = 0, tied: bool = False):
+    """A 2-layer mlx-lm Llama with random weights large enough to write varied text (the
+    layout ``src/modeling/cpu_decode.py`` decodes whole in C), float32, fast kernels bound."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+    from mlx_lm.models import llama
+
+    from src.modeling.kernels import use_fast_kernels
+
+    args = llama.ModelArgs(
+        model_type="llama",
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        vocab_size=vocab,
+        rope_theta=10000.0,
+        tie_word_embeddings=tied,
+    )
+    model = llama.Model(args)
+    mx.random.seed(seed)
+    model.update(
+        tree_map(
+            lambda w: (
+                1 + 0.1 * mx.random.normal(w.shape)
+                if w.ndim == 1
+                else 0.3 * mx.random.normal(w.shape)
+            ),
+            model.parameters(),
+        )
+    )
+    use_fast_kernels(model, "fast")
+    return model
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

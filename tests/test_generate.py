@@ -35,31 +35,47 @@ def loaded(tiny_model):
     return model, tok, prompts, checked_head(model)
 
 
-@pytest.fixture(params=["host", "compiled"])
+@pytest.fixture(scope="module")
+def loaded_llama(loaded):
+    """A tiny Llama (whole decode steps in C) with the same tokenizer and prompts."""
+    from conftest import tiny_llama
+
+    from src.modeling.head import checked_head
+
+    _, tok, prompts, _ = loaded
+    model = tiny_llama(len(tok.get_vocab()), seed=1)
+    return model, tok, prompts, checked_head(model)
+
+
+DECODERS = {"step": "_StepDecoder", "host": "_HostDecoder", "compiled": "_CompiledDecoder"}
+
+
+@pytest.fixture(params=list(DECODERS))
 def decoder(request, monkeypatch):
-    """Each test runs with both decoders: attention in C (what the CPU uses where a compiler
-    is found) and the compiled MLX step (everywhere else)."""
+    """Each test runs with every decoder, on the model each is chosen for: whole steps in C (a
+    Llama, where a compiler is found), attention in C (the tiny Gemma: what other models get
+    on the CPU), and the compiled MLX step (everywhere else). Gives the model, tokenizer,
+    prompts and head."""
     from src.judging import generate as gen
 
     chosen = []
-    make = gen._decoder if request.param == "host" else gen._CompiledDecoder
+    make = gen._CompiledDecoder if request.param == "compiled" else gen._decoder
 
     def spy(*args):
         chosen.append(make(*args))
         return chosen[-1]
 
     monkeypatch.setattr(gen, "_decoder", spy)
-    yield
-    want = "_HostDecoder" if request.param == "host" else "_CompiledDecoder"
-    assert chosen and {type(d).__name__ for d in chosen} == {want}
+    yield request.getfixturevalue("loaded_llama" if request.param == "step" else "loaded")
+    assert chosen and {type(d).__name__ for d in chosen} == {DECODERS[request.param]}
 
 
-def test_greedy_tokens_are_batch_generates(loaded, decoder, monkeypatch):
+def test_greedy_tokens_are_batch_generates(decoder, monkeypatch):
     from mlx_lm.generate import batch_generate
 
     from src.judging import generate as gen
 
-    model, tok, prompts, head = loaded
+    model, tok, prompts, head = decoder
     theirs = batch_generate(model, tok, prompts, max_tokens=12, return_token_ids=True)
     for batch in (1, 4, 10):
         assert gen.generate(model, tok, prompts, 12, batch, head).tokens == theirs.token_ids
@@ -71,12 +87,12 @@ def test_greedy_tokens_are_batch_generates(loaded, decoder, monkeypatch):
     assert gen.generate(model, tok, prompts, 12, 10, head).tokens == theirs.token_ids
 
 
-def test_rows_stop_where_mlx_lm_stops_them(loaded, decoder):
+def test_rows_stop_where_mlx_lm_stops_them(decoder):
     """A stop token ends a row (left out of its tokens); the others go on, and the batch ends
     when the last row does."""
     from src.judging.generate import _mlx_lm_batch, generate_batch
 
-    model, tok, prompts, head = loaded
+    model, tok, prompts, head = decoder
     free = generate_batch(model, prompts, 12, set(), head).tokens
     assert len({tuple(f) for f in free}) > 3
     # the token most rows write, but not every row
@@ -95,10 +111,10 @@ def test_rows_stop_where_mlx_lm_stops_them(loaded, decoder):
     assert whole.tokens == [[]] * len(prompts) and whole.steps == 1  # all stop at once
 
 
-def test_top_log_probabilities_are_mlx_lms(loaded, decoder):
+def test_top_log_probabilities_are_mlx_lms(decoder):
     from src.judging.generate import _mlx_lm_batch, generate_batch
 
-    model, tok, prompts, head = loaded
+    model, tok, prompts, head = decoder
     ours = generate_batch(model, prompts, 8, set(), head, top=5)
     theirs = _mlx_lm_batch(model, prompts, 8, set(), top=5)
     assert ours.tokens == theirs.tokens

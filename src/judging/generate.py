@@ -16,16 +16,18 @@ samples (``sampler``), and finished rows leave the batch once a quarter of it ha
 The tokens every prompt of a batch starts with (``shared_prefix``: on SmolLM2 the chat template's
 system turn and the judge prompt's opening, 26 of ~98 tokens) are prefilled once, each row's own
 tokens after them (``_AfterPrefix``: batch 32 prefilled in 4.8-5.1 s instead of 8.3-8.6, the same
-tokens). Prompts are left-padded into mlx-lm's ``BatchKVCache``; then one of two decoders
+tokens). Prompts are left-padded into mlx-lm's ``BatchKVCache``; then one of three decoders
 (``_decoder``) takes the keys and values:
-- on the CPU, for a model bound with the fast kernels (float32), ``_HostDecoder``: NumPy buffers,
-  each layer's decode attention in C on every core (``src/modeling/host_attention.py``: MLX runs
-  it single-threaded, over the whole buffer);
+- on the CPU, for a Llama-family model bound with the fast kernels (float32), ``_StepDecoder``:
+  NumPy buffers, each decode step whole in C (``src/modeling/cpu_decode.py``'s ``HostLlama``:
+  the matmuls through MKL's sgemm, the element-wise parts vectorized, attention on every core);
+- for other such models (e.g. Gemma), ``_HostDecoder``: the same buffers, each layer's decode
+  attention in C, the rest in MLX;
 - elsewhere (GPU, ``cpu_kernels: exact``, no C compiler), ``_CompiledDecoder``: buffers of fixed
   capacity (``_Slots``), so that every step has the same shapes and one compiled step
   (``mx.compile``) serves them all (on SmolLM2 at batch 32, 9.0 s of decoding instead of 12.0
   uncompiled).
-Greedy judgements from either are the same tokens ``batch_generate`` writes (tested on the tiny
+Greedy judgements from each are the same tokens ``batch_generate`` writes (tested on the tiny
 model; checked on SmolLM2 in the benchmark). Models whose cache is
 not a plain ``KVCache`` (sliding windows, SSMs) go to mlx-lm's ``BatchGenerator`` unchanged.
 """
@@ -274,7 +276,7 @@ class _CompiledDecoder:
 
 
 class _HostDecoder:
-    """Decode steps with each layer's attention in C (``src/modeling/host_attention.py``) over
+    """Decode steps with each layer's attention in C (``src/modeling/cpu_decode.py``) over
     NumPy caches, the rest in MLX: a model bound with the fast kernels, float32, on the CPU.
     Not compiled: every layer hands its queries, keys and values to C, so the step is evaluated
     layer by layer (on SmolLM2 at batch 32 and 100, 1.05-1.4x the compiled step's decode
@@ -299,7 +301,7 @@ class _HostDecoder:
     def __call__(self, tokens):
         import mlx.core as mx
 
-        from ..modeling.host_attention import HostKV
+        from ..modeling.cpu_decode import HostKV
 
         offset = mx.array(self.pos - self.left)
         caches = [
@@ -316,11 +318,31 @@ class _HostDecoder:
         self.left = self.left[rows]
 
 
+class _StepDecoder(_HostDecoder):
+    """Whole decode steps in C (``cpu_decode.HostLlama``: every layer in one call, the matmuls
+    through the sgemm MLX calls) over the same NumPy caches: a Llama-family model in float32
+    on the CPU. At batch 32 on SmolLM2 a step took 116 ms against 178 ms for ``_HostDecoder``
+    (benchmarks/README.md, "Judging speed")."""
+
+    def __init__(self, host, cache, room: int):
+        super().__init__(None, None, cache, room)
+        self.host = host
+
+    def __call__(self, tokens):
+        import mlx.core as mx
+        import numpy as np
+
+        logits = self.host.step(np.asarray(tokens), self.keys, self.values, self.left, self.pos)
+        self.pos += 1
+        return mx.array(logits)
+
+
 def _decoder(model, head, cache, room: int):
-    """The host decoder where the model and machine allow it, else the compiled one."""
+    """The fastest decoder the model and machine allow: whole steps in C (a Llama-family model),
+    attention in C (any model bound with the fast kernels), else one compiled MLX graph."""
     import mlx.core as mx
 
-    from ..modeling import host_attention
+    from ..modeling import cpu_decode
     from ..modeling.kernels import attention_bound
 
     host = (
@@ -328,9 +350,14 @@ def _decoder(model, head, cache, room: int):
         and cache[0].keys is not None
         and cache[0].keys.dtype == mx.float32
         and attention_bound(model)
-        and host_attention.library() is not None
+        and cpu_decode.library() is not None
     )
-    return (_HostDecoder if host else _CompiledDecoder)(model, head, cache, room)
+    if not host:
+        return _CompiledDecoder(model, head, cache, room)
+    llama = cpu_decode.HostLlama.build(model)
+    if llama is not None:
+        return _StepDecoder(llama, cache, room)
+    return _HostDecoder(model, head, cache, room)
 
 
 def generate_batch(

@@ -17,7 +17,7 @@ mlx-lm's own functions. Gradients are explicit (``custom_function`` VJPs of the 
 evaluated at the approximations). The choice is the ``model.cpu_kernels`` param (``fast`` |
 ``exact``); ``exact`` also gives the loss MLX's own ``exp`` (``src/modeling/losses.py``). With
 ``fast``, a judge's decode steps on the CPU take their attention from C
-(``src/modeling/host_attention.py``).
+(``src/modeling/cpu_decode.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import types
 
 import mlx.core as mx
 
-from .host_attention import HostKV
+from .cpu_decode import HostKV
 
 KERNELS = ("fast", "exact")  # the ``model.cpu_kernels`` param
 
@@ -242,7 +242,7 @@ def attention_bound(model) -> bool:
 def _attention_cpu(queries, keys, values, cache, scale, mask, sinks=None):
     from mlx_lm.models import base
 
-    if isinstance(cache, HostKV):  # decoding's C attention (src/modeling/host_attention.py)
+    if isinstance(cache, HostKV):  # decoding's C attention (src/modeling/cpu_decode.py)
         return cache.attend(queries, keys, values, scale)
     if sinks is None and not hasattr(cache, "bits") and queries.dtype == mx.float32:
         return attention(queries, keys, values, scale, mask)
