@@ -35,9 +35,10 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_gemma(out, TINY, corpus)
 
 
-def tiny_llama(vocab: int, seed: int = 0, tied: bool = False):
+def tiny_llama(vocab: int, seed: int = 0, tied: bool = False, kernels: str = "fast"):
     """A 2-layer mlx-lm Llama with random weights large enough to write varied text (the
-    layout ``src/modeling/cpu_decode.py`` decodes whole in C), float32, fast kernels bound."""
+    layout ``src/modeling/cpu_decode.py`` decodes whole in C), float32, with ``kernels``
+    (``use_fast_kernels``: "fast" binds ours, "exact" leaves mlx-lm's)."""
     import mlx.core as mx
     from mlx.utils import tree_map
     from mlx_lm.models import llama
@@ -68,7 +69,7 @@ def tiny_llama(vocab: int, seed: int = 0, tied: bool = False):
             model.parameters(),
         )
     )
-    use_fast_kernels(model, "fast")
+    use_fast_kernels(model, kernels)
     return model
 
 

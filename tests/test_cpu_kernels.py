@@ -94,21 +94,9 @@ def test_gradients_match_the_exact_functions():
 
 
 def _tiny_llama():
-    args = llama.ModelArgs(
-        model_type="llama",
-        hidden_size=64,
-        num_hidden_layers=2,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-5,
-        vocab_size=97,
-        tie_word_embeddings=True,
-    )
-    mx.random.seed(2)
-    model = llama.Model(args)
-    mx.eval(model.parameters())
-    return model
+    from conftest import tiny_llama
+
+    return tiny_llama(97, seed=2, tied=True, kernels="exact")
 
 
 def _untouched():
