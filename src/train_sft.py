@@ -94,7 +94,10 @@ class TrainConfig:
     learning_rate: float = arg(2e-4, "peak learning rate")
     warmup_steps: int = arg(100, "linear warmup, in optimizer updates")
     lr_schedule: str = arg("constant", "after warmup", choices=SCHEDULES)
-    min_learning_rate: float = arg(0.0, "where the cosine schedule ends")
+    min_learning_rate: float = arg(0.0, "where the cosine schedule or the decay ends")
+    decay_steps: int = arg(
+        0, "the last N updates decay linearly to --min-learning-rate (constant schedule only)"
+    )
     optimizer: str = arg("adam", "optimizer", choices=OPTIMIZERS)
     weight_decay: float = arg(0.0, "weight decay (adamw, sgd)")
     max_seq_length: int = arg(2048, "rows are cut to this many tokens")
@@ -136,6 +139,7 @@ class TrainConfig:
         check_range("--learning-rate", self.learning_rate, 0.0, 1.0)
         check_range("--min-learning-rate", self.min_learning_rate, 0.0, self.learning_rate)
         check_range("--warmup-steps", self.warmup_steps, 0)
+        check_range("--decay-steps", self.decay_steps, 0)
         check_range("--dropout", self.dropout, 0.0, 0.99)
         check_range("--weight-decay", self.weight_decay, 0.0)
         for name, allowed in (
@@ -164,6 +168,16 @@ class TrainConfig:
                 f"--warmup-steps ({self.warmup_steps}) leaves no updates for the "
                 f"cosine decay ({self.updates} updates in all)."
             )
+        if self.decay_steps and self.lr_schedule != "constant":
+            raise StageError(
+                f"--decay-steps ({self.decay_steps}) is for the constant schedule; the "
+                f"{self.lr_schedule} schedule already decays. Set one of them."
+            )
+        if self.warmup_steps + self.decay_steps > self.updates:
+            raise StageError(
+                f"--warmup-steps ({self.warmup_steps}) + --decay-steps ({self.decay_steps}) "
+                f"exceed the run's {self.updates} optimizer updates."
+            )
         if self.state_dir is None:
             self.state_dir = self.adapter_path.with_name(self.adapter_path.name + "_state")
 
@@ -177,19 +191,25 @@ class TrainConfig:
 
 
 def build_schedule(cfg: TrainConfig):
-    """LR per optimizer update: linear warmup from 0, then constant or cosine to min_lr."""
+    """LR per optimizer update: linear warmup from 0, then constant or cosine to min_lr; a
+    constant schedule may end in a linear decay to min_lr over its last ``decay_steps`` updates
+    (warmup-stable-decay). Why the default decays: docs/default-judge.md."""
     import mlx.optimizers as optim
 
+    lr, phases, starts = cfg.learning_rate, [], []
+    if cfg.warmup_steps:
+        phases.append(optim.linear_schedule(0.0, lr, cfg.warmup_steps))
     if cfg.lr_schedule == "cosine":
-        main = optim.cosine_decay(
-            cfg.learning_rate, cfg.updates - cfg.warmup_steps, cfg.min_learning_rate
-        )
+        phases.append(optim.cosine_decay(lr, cfg.updates - cfg.warmup_steps, cfg.min_learning_rate))
     else:
-        main = optim.linear_schedule(cfg.learning_rate, cfg.learning_rate, 1)
-    if cfg.warmup_steps == 0:
-        return main
-    warmup = optim.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
-    return optim.join_schedules([warmup, main], [cfg.warmup_steps])
+        phases.append(optim.linear_schedule(lr, lr, 1))
+        if cfg.decay_steps:
+            phases.append(optim.linear_schedule(lr, cfg.min_learning_rate, cfg.decay_steps))
+    if cfg.warmup_steps:
+        starts.append(cfg.warmup_steps)
+    if cfg.decay_steps:
+        starts.append(cfg.updates - cfg.decay_steps)
+    return optim.join_schedules(phases, starts) if starts else phases[0]
 
 
 def build_optimizer(cfg: TrainConfig):

@@ -94,6 +94,7 @@ def test_defaults_are_the_recipes_hyperparameters_and_recipe_file_is_the_full_ru
         "train.iters",
         "train.grad_accum",  # the default: 120 updates of 4 rows (docs/default-judge.md)
         "train.warmup_steps",
+        "train.decay_steps",  # the default's final decay (docs/default-judge.md)
         "train.steps_per_eval",
         "train.validate_first",  # the default skips the untrained adapter's validation (45 s)
         "train.steps_per_save",

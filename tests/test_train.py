@@ -407,6 +407,8 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(
         ({"iters": 7}, "must be a multiple of --grad-accum"),
         ({"iters": 0}, "--iters must be >= 1"),
         ({"optimizer": "lion"}, "--optimizer must be one of"),
+        ({"decay_steps": 2, "lr_schedule": "cosine"}, "--decay-steps (2) is for the constant"),
+        ({"decay_steps": 4}, "--warmup-steps (1) + --decay-steps (4) exceed the run's 4"),
         ({"model": "checkpoints/no-such-model"}, "does not exist"),
     ],
 )
@@ -443,6 +445,21 @@ def test_validate_first_false_skips_only_the_first_pass(tmp_path, tiny_model, sp
     assert "valid_loss_initial" in with_first and "valid_loss_initial" not in without
     for key in ("valid_loss", "train_loss", "best_valid_ppl"):
         assert without[key] == pytest.approx(with_first[key], abs=1e-6)
+
+
+def test_decay_steps_end_the_constant_schedule_in_a_linear_decay(tmp_path, tiny_model, splits):
+    """--decay-steps 4: warmup, constant, then the last 4 updates' learning rates fall linearly
+    toward --min-learning-rate (the rate each update used, from the learning-rate curve)."""
+    train, valid = splits
+    args = dict(grad_accum=1, steps_per_report=1, warmup_steps=1, learning_rate=1e-3)
+    for decay in (0, 4):
+        d = tmp_path / str(decay)
+        flags = train_flags(d, tiny_model, train, valid, decay_steps=decay, **args)
+        assert main([*flags, "--min-learning-rate", "1e-4"]) == 0
+        curve = (d / "live" / "plots" / "metrics" / "learning_rate.tsv").read_text().splitlines()
+        rates = [float(r.split("\t")[1]) for r in curve[1:]]
+        tail = [1e-3, 1e-3, 1e-3, 1e-3] if decay == 0 else [1e-3, 7.75e-4, 5.5e-4, 3.25e-4]
+        assert rates == pytest.approx([0.0, 1e-3, 1e-3, 1e-3, *tail])
 
 
 def test_pair_batches_flag_reaches_the_batches(tmp_path, tiny_model, splits):

@@ -1,0 +1,127 @@
+"""Where a trained judge decides: the margin of its comparison word, teacher-forced.
+
+For each reference-guided validation row, the adapter reads the prompt and the row's own
+critique up to the word that concludes the comparison (" matches" in "...; it matches the
+reference", " does" in "...; it does not match"), and the script takes the logit difference
+margin = logit(" matches") - logit(" does"). Reported per adapter (and per checkpoint file):
+
+- ``acc``: how often the sign of the margin is the label (the decision greedy decoding makes);
+- ``auc``: how well the margin ranks right above wrong responses, whatever its offset
+  (``auc_ns``: without the sorting rows, whose critique restates no numbers);
+- ``bias``: the mean margin (0: no leaning to either word);
+- ``sep``: mean margin of right responses minus wrong ones (without sorting rows).
+
+A judge with ``auc`` near 1 and ``acc`` near 0.5 has learnt the comparison and leans one way;
+one with ``auc`` near 0.5 has not learnt it.
+
+    uv run python benchmarks/decision_margins.py --adapter checkpoints/sft_adapter \\
+        --checkpoint checkpoints/sft_adapter_state/iter_0000060/adapters.safetensors
+
+docs/default-judge.md ("Where the failing runs decide") has what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import src  # noqa: E402, F401  (the fast BLAS before MLX)
+from src.data.sft import read_jsonl  # noqa: E402
+from src.judging.metrics import auc  # noqa: E402
+
+SAYS_MATCH = "matches the reference, so the response is correct"
+SAYS_NOT = "does not match the reference, so the response is wrong"
+
+
+def decision_rows(rows, tok):
+    """(token ids before the decision, the " matches" id, the " does" id, label, task type) for
+    every row whose critique concludes with one of the sample data's two sentences."""
+    out = []
+    for _, row in rows:
+        messages, md = row["messages"], row.get("metadata") or {}
+        critique = messages[-1]["content"]
+        if SAYS_MATCH in critique:
+            other = critique.replace(SAYS_MATCH, SAYS_NOT)
+        elif SAYS_NOT in critique:
+            other = critique.replace(SAYS_NOT, SAYS_MATCH)
+        else:
+            continue
+        ids = tok.apply_chat_template(messages, tokenize=True)
+        alt = tok.apply_chat_template(
+            messages[:-1] + [{"role": "assistant", "content": other}], tokenize=True
+        )
+        i = next(k for k, (x, y) in enumerate(zip(ids, alt, strict=False)) if x != y)
+        match, differ = (ids[i], alt[i]) if SAYS_MATCH in critique else (alt[i], ids[i])
+        out.append((ids[:i], match, differ, int(md["label"]), md.get("task_type", "")))
+    return out
+
+
+def margins(model, items, chunk: int = 10) -> list[float]:
+    """The decision margin of each item: hidden states of a right-padded chunk, the LM head at
+    each row's last position only."""
+    import mlx.core as mx
+
+    head = model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens.as_linear
+    out = []
+    for start in range(0, len(items), chunk):
+        part = items[start : start + chunk]
+        width = max(len(p[0]) for p in part)
+        hidden = model.model(mx.array([p[0] + [0] * (width - len(p[0])) for p in part]))
+        logits = head(mx.stack([hidden[j, len(p[0]) - 1] for j, p in enumerate(part)]))
+        mx.eval(logits)
+        out += [(logits[j, p[1]] - logits[j, p[2]]).item() for j, p in enumerate(part)]
+    return out
+
+
+def summary(name: str, margin: list[float], items) -> dict:
+    labels = [it[3] for it in items]
+    decided = [(m > 0) == bool(y) for m, y in zip(margin, labels, strict=True)]
+    kept = [(m, it[3]) for m, it in zip(margin, items, strict=True) if it[4] != "sorting"]
+    right = [m for m, y in kept if y]
+    wrong = [m for m, y in kept if not y]
+    return {
+        "name": name,
+        "acc": round(statistics.mean(decided), 3),
+        "auc": round(auc(margin, labels), 3),
+        "auc_ns": round(auc([m for m, _ in kept], [y for _, y in kept]), 3),
+        "bias": round(statistics.mean(margin), 2),
+        "sep": round(statistics.mean(right) - statistics.mean(wrong), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="checkpoints/base_model")
+    parser.add_argument("--adapter", default="checkpoints/sft_adapter")
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="adapter weight files")
+    parser.add_argument("--data", default="data/processed/sft/sft_valid.jsonl")
+    args = parser.parse_args()
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import load_adapters
+
+    from src.modeling.load import load_base
+
+    model, tok, _, _ = load_base(args.model, 4, 64, "dequantized", "fast")
+    model = load_adapters(model, args.adapter)
+    model.eval()
+    items = decision_rows(read_jsonl(args.data), tok)
+    if not items:
+        sys.exit(f"{args.data}: no critique concludes with the sample data's sentences.")
+    print(json.dumps(summary(args.adapter, margins(model, items), items)), flush=True)
+    lora = {k for k, _ in tree_flatten(model.trainable_parameters())}
+    for path in args.checkpoint:
+        weights = mx.load(path)
+        if set(weights) != lora:
+            sys.exit(f"{path}: not a checkpoint of this adapter (its weights are not the LoRA's).")
+        model.load_weights(list(weights.items()), strict=False)
+        print(json.dumps(summary(path, margins(model, items), items)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
