@@ -114,7 +114,7 @@ def main() -> None:
     if not items:
         sys.exit(f"{args.data}: no critique concludes with the sample data's sentences.")
     print(json.dumps(summary(args.adapter, margins(model, items), items)), flush=True)
-    lora = {k for k, _ in tree_flatten(model.trainable_parameters())}
+    lora = {k for k, _ in tree_flatten(model.parameters()) if ".lora_" in k}
     for path in args.checkpoint:
         weights = mx.load(path)
         if set(weights) != lora:
