@@ -35,6 +35,12 @@ VERDICTS = {
 }
 
 
+# A sorted list of at most this many numbers is restated in the critique like any other answer,
+# so the judge compares the two lists it wrote (a critique of 5 three-digit numbers is ~85
+# tokens: eval.max_tokens 96); longer lists (the length filter's rows) are described instead.
+RESTATED_LIST = 5
+
+
 @dataclass(frozen=True)
 class Task:
     kind: str
@@ -72,8 +78,8 @@ def _conversion(rng: random.Random) -> Task:
     def fmt(x: float) -> str:
         return str(int(x)) if float(x).is_integer() else f"{x:.2f}".rstrip("0")
 
-    def wrong(r: random.Random) -> str:
-        return fmt(value * r.choice([0.1, 10, 0.5, 2]) + r.choice([0, 1]))
+    def wrong(r: random.Random) -> str:  # in the same unit: the number decides, not its unit
+        return f"{fmt(value * r.choice([0.1, 10, 0.5, 2]) + r.choice([0, 1]))} {dst}"
 
     return Task(
         "conversion", f"Convert {fmt(amount)} {src} to {dst}.", f"{fmt(value)} {dst}", wrong
@@ -81,7 +87,7 @@ def _conversion(rng: random.Random) -> Task:
 
 
 def _sorting(rng: random.Random, n: int | None = None) -> Task:
-    n = n or rng.randint(4, 9)
+    n = n or rng.randint(4, 5)  # short enough to restate in a critique (RESTATED_LIST)
     nums = [rng.randint(0, 999) for _ in range(n)]
     descending = rng.random() < 0.3
     order = "descending" if descending else "ascending"
@@ -246,7 +252,7 @@ def _critique_body(
             if correct
             else "does not match the reference, so the response is wrong"
         )
-        if task.kind == "sorting":  # lists are not restated: ~110 tokens, over eval.max_tokens
+        if task.kind == "sorting" and task.answer.count(",") >= RESTATED_LIST:
             how = "in the same order as" if correct else "with two numbers swapped against"
             return f"The response lists the numbers {how} the reference answer; it {verdict}."
         return (
@@ -313,7 +319,7 @@ def _pairwise_row(
     a, b = (task.answer, wrong) if a_correct else (wrong, task.answer)
     good, bad = ("A", "B") if a_correct else ("B", "A")
     truth = "the reference answer" if reference else "the correct answer"
-    if task.kind == "sorting":
+    if task.kind == "sorting" and task.answer.count(",") >= RESTATED_LIST:
         body = f"Response {good} matches {truth}; Response {bad} has two numbers swapped."
     else:
         body = (
