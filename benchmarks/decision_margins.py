@@ -7,7 +7,8 @@ margin = logit(" matches") - logit(" does"). Reported per adapter (and per check
 
 - ``acc``: how often the sign of the margin is the label (the decision greedy decoding makes);
 - ``auc``: how well the margin ranks right above wrong responses, whatever its offset
-  (``auc_ns``: without the sorting rows, whose critique restates no numbers);
+  (``auc_ns``: without the sorting rows, whose critiques restated no numbers before
+  2026-12-03);
 - ``bias``: the mean margin (0: no leaning to either word);
 - ``sep``: mean margin of right responses minus wrong ones (without sorting rows).
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import src  # noqa: E402, F401  (the fast BLAS before MLX)
 from src.data.sft import read_jsonl  # noqa: E402
 from src.judging.metrics import auc  # noqa: E402
+from src.modeling.head import checked_head  # noqa: E402
 
 SAYS_MATCH = "matches the reference, so the response is correct"
 SAYS_NOT = "does not match the reference, so the response is wrong"
@@ -65,7 +67,9 @@ def margins(model, items, chunk: int = 10) -> list[float]:
     each row's last position only."""
     import mlx.core as mx
 
-    head = model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens.as_linear
+    head = checked_head(model)  # the LM head, checked to reproduce the model's own logits
+    if head is None:
+        sys.exit("this model's LM head cannot be split from its body (see checked_head)")
     out = []
     for start in range(0, len(items), chunk):
         part = items[start : start + chunk]
