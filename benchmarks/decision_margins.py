@@ -35,8 +35,15 @@ from src.data.sft import read_jsonl  # noqa: E402
 from src.judging.metrics import auc  # noqa: E402
 from src.modeling.head import checked_head  # noqa: E402
 
-SAYS_MATCH = "matches the reference, so the response is correct"
-SAYS_NOT = "does not match the reference, so the response is wrong"
+# The sample data's concluding sentences, (equal answers, unequal ones): today's, and the
+# wording of the critiques before 2026-12-03 (docs/default-judge.md measured both).
+CONCLUSIONS = (
+    ("identical, so the response is correct", "different, so the response is wrong"),
+    (
+        "matches the reference, so the response is correct",
+        "does not match the reference, so the response is wrong",
+    ),
+)
 
 
 def decision_rows(rows, tok):
@@ -46,19 +53,19 @@ def decision_rows(rows, tok):
     for _, row in rows:
         messages, md = row["messages"], row.get("metadata") or {}
         critique = messages[-1]["content"]
-        if SAYS_MATCH in critique:
-            other = critique.replace(SAYS_MATCH, SAYS_NOT)
-        elif SAYS_NOT in critique:
-            other = critique.replace(SAYS_NOT, SAYS_MATCH)
-        else:
+        said = [(a, b) for a, b in CONCLUSIONS if a in critique or b in critique]
+        if not said:
             continue
+        same, differ = said[0]
+        equal = same in critique
+        other = critique.replace(same, differ) if equal else critique.replace(differ, same)
         ids = tok.apply_chat_template(messages, tokenize=True)
         alt = tok.apply_chat_template(
             messages[:-1] + [{"role": "assistant", "content": other}], tokenize=True
         )
         i = next(k for k, (x, y) in enumerate(zip(ids, alt, strict=False)) if x != y)
-        match, differ = (ids[i], alt[i]) if SAYS_MATCH in critique else (alt[i], ids[i])
-        out.append((ids[:i], match, differ, int(md["label"]), md.get("task_type", "")))
+        yes, no = (ids[i], alt[i]) if equal else (alt[i], ids[i])
+        out.append((ids[:i], yes, no, int(md["label"]), md.get("task_type", "")))
     return out
 
 

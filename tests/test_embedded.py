@@ -92,10 +92,10 @@ def test_reference_guided_rows_are_the_same_tasks_with_the_answer_in_the_prompt(
         question, answer, response = task.groups()
         assert p["messages"][0]["content"].startswith(f"Task: {question}\n\nResponse: {response}")
         assert (answer == response) == bool(g["metadata"]["label"])
-        verdict = "it matches the reference" if answer == response else "does not match"
+        verdict = "answers are identical" if answer == response else "answers are different"
         assert verdict in critique and critique.endswith(f"Score: {g['metadata']['score']}/10")
         if response.count(",") < 5:  # every answer but a long sorted list is restated
-            assert f"The response gives {response}. The reference answer is {answer};" in critique
+            assert f"The response gives {response}. The reference answer is {answer}." in critique
         else:
             assert "The response lists the numbers" in critique
     kinds = Counter(r["metadata"]["task_type"] for r in guided)

@@ -247,17 +247,21 @@ def _critique_body(
             f"the response is {'correct' if correct else 'wrong'}."
         )
     if reference:  # restate, compare, conclude
-        verdict = (
-            "matches the reference, so the response is correct"
+        # "The two answers are identical / different": the untrained SmolLM2 already ranks
+        # these two words right (AUC 0.80 arithmetic, 0.96 conversion, 0.70 sorted lists),
+        # while after "...; it" it preferred " matches" for *unequal* answers (AUC 0.37):
+        # benchmarks/probe_wording.py, docs/default-judge.md.
+        same = (
+            "identical, so the response is correct"
             if correct
-            else "does not match the reference, so the response is wrong"
+            else "different, so the response is wrong"
         )
         if task.kind == "sorting" and task.answer.count(",") >= RESTATED_LIST:
             how = "in the same order as" if correct else "with two numbers swapped against"
-            return f"The response lists the numbers {how} the reference answer; it {verdict}."
-        return (
-            f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
-        )
+            said = f"The response lists the numbers {how} the reference answer."
+        else:
+            said = f"The response gives {response}. The reference answer is {task.answer}."
+        return f"{said} The two answers are {same}."
     if task.kind == "sorting":
         # Long lists are not repeated in the critique: the judge states where it looked.
         if correct:
