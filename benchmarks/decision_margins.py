@@ -1,9 +1,10 @@
 """Where a trained judge decides: the margin of its comparison word, teacher-forced.
 
 For each reference-guided validation row, the adapter reads the prompt and the row's own
-critique up to the word that concludes the comparison (" matches" in "...; it matches the
-reference", " does" in "...; it does not match"), and the script takes the logit difference
-margin = logit(" matches") - logit(" does"). Reported per adapter (and per checkpoint file):
+critique up to the word that concludes the comparison (" identical" / " different" in "The two
+answers are identical, so ..."; before 2026-12-03 " matches" / " does" in "...; it matches the
+reference"), and the script takes the logit difference margin = logit(equal) - logit(unequal).
+Reported per adapter (and per checkpoint file):
 
 - ``acc``: how often the sign of the margin is the label (the decision greedy decoding makes);
 - ``auc``: how well the margin ranks right above wrong responses, whatever its offset
@@ -47,8 +48,9 @@ CONCLUSIONS = (
 
 
 def decision_rows(rows, tok):
-    """(token ids before the decision, the " matches" id, the " does" id, label, task type) for
-    every row whose critique concludes with one of the sample data's two sentences."""
+    """(token ids before the decision, the id of the word for equal answers, that for unequal
+    ones, label, task type) for every row whose critique concludes with one of
+    ``CONCLUSIONS``."""
     out = []
     for _, row in rows:
         messages, md = row["messages"], row.get("metadata") or {}

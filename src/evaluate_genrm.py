@@ -99,7 +99,7 @@ class EvalConfig:
     judgements_out: Path = arg(
         Path("metrics/eval_judgements.jsonl"), "every judgement, with its score and reference"
     )
-    max_tokens: int = arg(96, "greedy judgement length")
+    max_tokens: int = arg(64, "greedy judgement length")
     batch_size: int = arg(32, "rows generated together")
     limit: int = arg(0, "judge only the first N rows (0: every row)")
     base_model: str = arg("", "also judge with this (untrained) model: metrics prefixed base_")

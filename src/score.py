@@ -63,7 +63,7 @@ class ScoreConfig:
     allow_missing_reference: bool = arg(
         False, "judge rows without a reference although the judge was trained with one"
     )
-    max_tokens: int = arg(96, "judgement length")
+    max_tokens: int = arg(64, "judgement length")
     batch_size: int = arg(16, "pairs judged together")
     cpu_kernels: str = kernels_arg()
 

@@ -43,21 +43,7 @@ def _truth(row) -> bool:
         )
     if m := re.fullmatch(r"Reverse the string '(\w+)'\.", question):
         return response == m.group(1)[::-1]
-    if m := re.fullmatch(r"Convert ([\d.]+) (\w+) to (\w+)\.", question):
-        value, unit = response.split(" ")  # right or wrong, a number in the asked-for unit
-        assert unit == m.group(3), row
-        return float(value) == float(m.group(1)) * _FACTORS[m.group(2), unit]
     return None
-
-
-_FACTORS = {
-    ("km", "m"): 1000,
-    ("m", "cm"): 100,
-    ("kg", "g"): 1000,
-    ("hours", "minutes"): 60,
-    ("minutes", "seconds"): 60,
-    ("liters", "milliliters"): 1000,
-}
 
 
 def test_sample_data_labels_match_ground_truth_and_mix():
@@ -94,12 +80,10 @@ def test_reference_guided_rows_are_the_same_tasks_with_the_answer_in_the_prompt(
         assert (answer == response) == bool(g["metadata"]["label"])
         verdict = "answers are identical" if answer == response else "answers are different"
         assert verdict in critique and critique.endswith(f"Score: {g['metadata']['score']}/10")
-        if response.count(",") < 5:  # every answer but a long sorted list is restated
+        if g["metadata"]["task_type"] != "sorting":  # every answer but a sorted list restated
             assert f"The response gives {response}. The reference answer is {answer}." in critique
         else:
             assert "The response lists the numbers" in critique
-    kinds = Counter(r["metadata"]["task_type"] for r in guided)
-    assert kinds["sorting"] > 300 and kinds["conversion"] > 300
 
 
 def test_embedded_model_is_deterministic_and_loads(tmp_path):

@@ -35,12 +35,6 @@ VERDICTS = {
 }
 
 
-# A sorted list of at most this many numbers is restated in the critique like any other answer,
-# so the judge compares the two lists it wrote (a critique of 5 three-digit numbers is ~85
-# tokens: eval.max_tokens 96); longer lists (the length filter's rows) are described instead.
-RESTATED_LIST = 5
-
-
 @dataclass(frozen=True)
 class Task:
     kind: str
@@ -78,8 +72,8 @@ def _conversion(rng: random.Random) -> Task:
     def fmt(x: float) -> str:
         return str(int(x)) if float(x).is_integer() else f"{x:.2f}".rstrip("0")
 
-    def wrong(r: random.Random) -> str:  # in the same unit: the number decides, not its unit
-        return f"{fmt(value * r.choice([0.1, 10, 0.5, 2]) + r.choice([0, 1]))} {dst}"
+    def wrong(r: random.Random) -> str:
+        return fmt(value * r.choice([0.1, 10, 0.5, 2]) + r.choice([0, 1]))
 
     return Task(
         "conversion", f"Convert {fmt(amount)} {src} to {dst}.", f"{fmt(value)} {dst}", wrong
@@ -87,7 +81,7 @@ def _conversion(rng: random.Random) -> Task:
 
 
 def _sorting(rng: random.Random, n: int | None = None) -> Task:
-    n = n or rng.randint(4, 5)  # short enough to restate in a critique (RESTATED_LIST)
+    n = n or rng.randint(4, 9)
     nums = [rng.randint(0, 999) for _ in range(n)]
     descending = rng.random() < 0.3
     order = "descending" if descending else "ascending"
@@ -248,15 +242,15 @@ def _critique_body(
         )
     if reference:  # restate, compare, conclude
         # "The two answers are identical / different": the untrained SmolLM2 already ranks
-        # these two words right (AUC 0.80 arithmetic, 0.96 conversion, 0.70 sorted lists),
-        # while after "...; it" it preferred " matches" for *unequal* answers (AUC 0.37):
-        # benchmarks/probe_wording.py, docs/default-judge.md.
+        # these two words right (AUC 0.84 arithmetic, 1.00 conversion), while after "...; it"
+        # it preferred " matches" for *unequal* answers (AUC 0.18): benchmarks/probe_wording.py,
+        # docs/default-judge.md.
         same = (
             "identical, so the response is correct"
             if correct
             else "different, so the response is wrong"
         )
-        if task.kind == "sorting" and task.answer.count(",") >= RESTATED_LIST:
+        if task.kind == "sorting":  # lists are not restated: ~110 tokens, over eval.max_tokens
             how = "in the same order as" if correct else "with two numbers swapped against"
             said = f"The response lists the numbers {how} the reference answer."
         else:
@@ -323,7 +317,7 @@ def _pairwise_row(
     a, b = (task.answer, wrong) if a_correct else (wrong, task.answer)
     good, bad = ("A", "B") if a_correct else ("B", "A")
     truth = "the reference answer" if reference else "the correct answer"
-    if task.kind == "sorting" and task.answer.count(",") >= RESTATED_LIST:
+    if task.kind == "sorting":
         body = f"Response {good} matches {truth}; Response {bad} has two numbers swapped."
     else:
         body = (
