@@ -241,21 +241,17 @@ def _critique_body(
             f"the response is {'correct' if correct else 'wrong'}."
         )
     if reference:  # restate, compare, conclude
-        # "The two answers are identical / different": the untrained SmolLM2 already ranks
-        # these two words right (AUC 0.84 arithmetic, 1.00 conversion), while after "...; it"
-        # it preferred " matches" for *unequal* answers (AUC 0.18): benchmarks/probe_wording.py,
-        # docs/default-judge.md.
-        same = (
-            "identical, so the response is correct"
+        verdict = (
+            "matches the reference, so the response is correct"
             if correct
-            else "different, so the response is wrong"
+            else "does not match the reference, so the response is wrong"
         )
         if task.kind == "sorting":  # lists are not restated: ~110 tokens, over eval.max_tokens
             how = "in the same order as" if correct else "with two numbers swapped against"
-            said = f"The response lists the numbers {how} the reference answer."
-        else:
-            said = f"The response gives {response}. The reference answer is {task.answer}."
-        return f"{said} The two answers are {same}."
+            return f"The response lists the numbers {how} the reference answer; it {verdict}."
+        return (
+            f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
+        )
     if task.kind == "sorting":
         # Long lists are not repeated in the critique: the judge states where it looked.
         if correct:
