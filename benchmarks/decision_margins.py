@@ -1,15 +1,14 @@
 """Where a trained judge decides: the margin of its comparison word, teacher-forced.
 
 For each reference-guided validation row, the adapter reads the prompt and the row's own
-critique up to the word that concludes the comparison (" identical" / " different" in "The two
-answers are identical, so ..."; before 2026-12-03 " matches" / " does" in "...; it matches the
-reference"), and the script takes the logit difference margin = logit(equal) - logit(unequal).
+critique up to the word that concludes the comparison (" matches" / " does" in "...; it matches
+the reference"; " identical" / " different" in the other wording measured, "The two answers are
+identical, so ..."), and the script takes the margin = logit(equal) - logit(unequal).
 Reported per adapter (and per checkpoint file):
 
 - ``acc``: how often the sign of the margin is the label (the decision greedy decoding makes);
 - ``auc``: how well the margin ranks right above wrong responses, whatever its offset
-  (``auc_ns``: without the sorting rows, whose critiques restated no numbers before
-  2026-12-03);
+  (``auc_ns``: without the sorting rows, whose critiques restate no numbers);
 - ``bias``: the mean margin (0: no leaning to either word);
 - ``sep``: mean margin of right responses minus wrong ones (without sorting rows).
 
@@ -36,14 +35,14 @@ from src.data.sft import read_jsonl  # noqa: E402
 from src.judging.metrics import auc  # noqa: E402
 from src.modeling.head import checked_head  # noqa: E402
 
-# The sample data's concluding sentences, (equal answers, unequal ones): today's, and the
-# wording of the critiques before 2026-12-03 (docs/default-judge.md measured both).
+# Concluding sentences (equal answers, unequal ones): the sample data's, and the "identical /
+# different" wording measured against it (docs/default-judge.md).
 CONCLUSIONS = (
-    ("identical, so the response is correct", "different, so the response is wrong"),
     (
         "matches the reference, so the response is correct",
         "does not match the reference, so the response is wrong",
     ),
+    ("identical, so the response is correct", "different, so the response is wrong"),
 )
 
 
