@@ -18,6 +18,8 @@ one with ``auc`` near 0.5 has not learnt it.
     uv run python benchmarks/decision_margins.py --adapter checkpoints/sft_adapter \\
         --checkpoint checkpoints/sft_adapter_state/iter_0000060/adapters.safetensors
 
+``--average`` also reports the mean of the ``--checkpoint`` files' weights (weight averaging).
+
 docs/default-judge.md ("Where the failing runs decide") has what it measured.
 """
 
@@ -111,6 +113,9 @@ def main() -> None:
     parser.add_argument("--adapter", default="checkpoints/sft_adapter")
     parser.add_argument("--checkpoint", nargs="*", default=[], help="adapter weight files")
     parser.add_argument("--data", default="data/processed/sft/sft_valid.jsonl")
+    parser.add_argument(
+        "--average", action="store_true", help="also the mean of the checkpoints' weights"
+    )
     args = parser.parse_args()
 
     import mlx.core as mx
@@ -127,12 +132,19 @@ def main() -> None:
         sys.exit(f"{args.data}: no critique concludes with the sample data's sentences.")
     print(json.dumps(summary(args.adapter, margins(model, items), items)), flush=True)
     lora = {k for k, _ in tree_flatten(model.parameters()) if ".lora_" in k}
+    loaded = []
     for path in args.checkpoint:
         weights = mx.load(path)
         if set(weights) != lora:
             sys.exit(f"{path}: not a checkpoint of this adapter (its weights are not the LoRA's).")
+        loaded.append(weights)
         model.load_weights(list(weights.items()), strict=False)
         print(json.dumps(summary(path, margins(model, items), items)), flush=True)
+    if args.average and loaded:
+        mean = {k: sum(w[k] for w in loaded) / len(loaded) for k in lora}
+        model.load_weights(list(mean.items()), strict=False)
+        name = f"mean of {len(loaded)} checkpoints"
+        print(json.dumps(summary(name, margins(model, items), items)), flush=True)
 
 
 if __name__ == "__main__":
