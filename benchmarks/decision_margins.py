@@ -56,10 +56,10 @@ def decision_rows(rows, tok):
     for _, row in rows:
         messages, md = row["messages"], row.get("metadata") or {}
         critique = messages[-1]["content"]
-        said = [(a, b) for a, b in CONCLUSIONS if a in critique or b in critique]
-        if not said:
+        pair = next(((a, b) for a, b in CONCLUSIONS if a in critique or b in critique), None)
+        if pair is None:
             continue
-        same, differ = said[0]
+        same, differ = pair
         equal = same in critique
         other = critique.replace(same, differ) if equal else critique.replace(differ, same)
         ids = tok.apply_chat_template(messages, tokenize=True)
@@ -117,6 +117,8 @@ def main() -> None:
         "--average", action="store_true", help="also the mean of the checkpoints' weights"
     )
     args = parser.parse_args()
+    if args.average and len(args.checkpoint) < 2:
+        sys.exit("--average needs two or more --checkpoint files to average.")
 
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -140,7 +142,7 @@ def main() -> None:
         loaded.append(weights)
         model.load_weights(list(weights.items()), strict=False)
         print(json.dumps(summary(path, margins(model, items), items)), flush=True)
-    if args.average and loaded:
+    if args.average:
         mean = {k: sum(w[k] for w in loaded) / len(loaded) for k in lora}
         model.load_weights(list(mean.items()), strict=False)
         name = f"mean of {len(loaded)} checkpoints"
