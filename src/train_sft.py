@@ -58,7 +58,7 @@ from .runtime import (
 )
 from .training.loop import LoopSettings, NonFiniteLoss, train_loop
 from .training.report import Progress, StageReport
-from .training.state import Checkpoints, TrainState
+from .training.state import Checkpoints, TrainState, WeightAverage
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
 SCHEDULES = ("constant", "cosine")
@@ -121,6 +121,9 @@ class TrainConfig:
         True, "validate before the first update too (valid_loss_initial); false saves a pass"
     )
     steps_per_save: int = arg(100, "iterations between checkpoints (a multiple of --grad-accum)")
+    average_last: int = arg(
+        0, "the adapter is the mean of the weights after each of the last N updates (0: the last)"
+    )
     resume: bool = arg(False, "continue from the newest checkpoint in --state-dir")
 
     def __post_init__(self) -> None:
@@ -140,6 +143,7 @@ class TrainConfig:
         check_range("--min-learning-rate", self.min_learning_rate, 0.0, self.learning_rate)
         check_range("--warmup-steps", self.warmup_steps, 0)
         check_range("--decay-steps", self.decay_steps, 0)
+        check_range("--average-last", self.average_last, 0)
         check_range("--dropout", self.dropout, 0.0, 0.99)
         check_range("--weight-decay", self.weight_decay, 0.0)
         for name, allowed in (
@@ -177,6 +181,11 @@ class TrainConfig:
             raise StageError(
                 f"--warmup-steps ({self.warmup_steps}) + --decay-steps ({self.decay_steps}) "
                 f"exceed the run's {self.updates} optimizer updates."
+            )
+        if self.average_last > self.updates:
+            raise StageError(
+                f"--average-last ({self.average_last}) exceeds the run's {self.updates} "
+                "optimizer updates."
             )
         if self.state_dir is None:
             self.state_dir = self.adapter_path.with_name(self.adapter_path.name + "_state")
@@ -312,8 +321,9 @@ def run(cfg: TrainConfig) -> dict:
     ckpts = Checkpoints(cfg.state_dir, f"{cfg.fingerprint()}-{data_hash.hexdigest()[:16]}")
     card = JudgeCard.from_rows(train_rows, hashlib.sha256(cfg.train_data.read_bytes()).hexdigest())
     progress = Progress(cfg.iters)
+    average = WeightAverage(cfg.average_last, cfg.updates)
     if cfg.resume:
-        state = ckpts.restore(model, optimizer)
+        state = ckpts.restore(model, optimizer, average)
         progress.line(f"resumed from iteration {state.iteration} ({ckpts.newest()})")
     else:
         state = TrainState()
@@ -327,7 +337,17 @@ def run(cfg: TrainConfig) -> dict:
         # --pair-batches: a task's rows batched together (BatchIterator's groups)
         groups = [task_id(row) for row in train_rows] if cfg.pair_batches else None
         train_loop(
-            model, optimizer, train_set, valid_set, settings, state, ckpts, report, head, groups
+            model,
+            optimizer,
+            train_set,
+            valid_set,
+            settings,
+            state,
+            ckpts,
+            report,
+            average,
+            head,
+            groups,
         )
     except NonFiniteLoss as err:
         last = ckpts.newest()
@@ -353,6 +373,7 @@ def run(cfg: TrainConfig) -> dict:
         "train_loss": state.train_curve[-1]["train_loss"],
         "iterations": cfg.iters,
         "optimizer_updates": cfg.updates,
+        "averaged_updates": average.count,  # the adapter is their mean (0: the last update's)
         "trained_tokens": state.trained_tokens,
         "tokens_per_sec": round(state.trained_tokens / max(state.train_seconds, 1e-9), 1),
         "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 4),

@@ -23,6 +23,7 @@ SMALL = {  # the default pipeline on the tiny Gemma, shortened: the whole test t
         "grad_accum": 2,
         "warmup_steps": 1,
         "decay_steps": 2,  # the default's 30 exceed these 4 updates (an error, tested)
+        "average_last": 3,  # likewise the default's 31
         "steps_per_report": 4,
         "steps_per_eval": 4,
         "validate_first": True,  # valid_loss_initial, for the checks below

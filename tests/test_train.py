@@ -301,15 +301,17 @@ def _train_cmd(tmp_path, model, train, valid, tag, **extra) -> list[str]:
     return [sys.executable, "-m", "src.train_sft", *args]
 
 
-@pytest.mark.parametrize("report", [1, 10])
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits, report):
+@pytest.mark.parametrize("report, average", [(1, 0), (10, 20)])
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits, report, average):
     """Killed after its iteration-12 checkpoint and resumed, a run ends bitwise where the
     uninterrupted one does, whatever the report interval (10: the checkpoint falls between two
-    reports, whose window of losses must survive the kill)."""
+    reports, whose window of losses must survive the kill) and with --average-last (20 of 24
+    updates: the running sum of updates 5-6 must survive it too)."""
     train, valid = splits
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = dict(steps_per_report=report, average_last=average)
     subprocess.run(
-        _train_cmd(tmp_path, tiny_model, train, valid, "a", steps_per_report=report),
+        _train_cmd(tmp_path, tiny_model, train, valid, "a", **run),
         cwd=ROOT,
         env=env,
         check=True,
@@ -317,7 +319,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits
     )
 
     proc = subprocess.Popen(
-        _train_cmd(tmp_path, tiny_model, train, valid, "b", steps_per_report=report),
+        _train_cmd(tmp_path, tiny_model, train, valid, "b", **run),
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -333,7 +335,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits
     assert not (tmp_path / "b" / "adapter").exists(), "killed too late: the run had finished"
 
     done = subprocess.run(
-        _train_cmd(tmp_path, tiny_model, train, valid, "b", resume="true", steps_per_report=report),
+        _train_cmd(tmp_path, tiny_model, train, valid, "b", resume="true", **run),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -349,6 +351,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_model, splits
     ma = json.loads((tmp_path / "a" / "train.json").read_text())
     mb = json.loads((tmp_path / "b" / "train.json").read_text())
     assert ma["valid_loss"] == mb["valid_loss"] and ma["train_loss"] == mb["train_loss"]
+    assert ma["averaged_updates"] == mb["averaged_updates"] == average
 
     def curve(tag, name):  # DVCLive's .tsv of one metric
         return (tmp_path / tag / "live" / "plots" / "metrics" / f"{name}.tsv").read_text()
@@ -409,6 +412,7 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(
         ({"optimizer": "lion"}, "--optimizer must be one of"),
         ({"decay_steps": 2, "lr_schedule": "cosine"}, "--decay-steps (2) is for the constant"),
         ({"decay_steps": 4}, "--warmup-steps (1) + --decay-steps (4) exceed the run's 4"),
+        ({"average_last": 5}, "--average-last (5) exceeds the run's 4 optimizer updates"),
         ({"model": "checkpoints/no-such-model"}, "does not exist"),
     ],
 )
@@ -460,6 +464,41 @@ def test_decay_steps_end_the_constant_schedule_in_a_linear_decay(tmp_path, tiny_
         rates = [float(r.split("\t")[1]) for r in curve[1:]]
         tail = [1e-3, 1e-3, 1e-3, 1e-3] if decay == 0 else [1e-3, 7.75e-4, 5.5e-4, 3.25e-4]
         assert rates == pytest.approx([0.0, 1e-3, 1e-3, 1e-3, *tail])
+
+
+def test_average_last_saves_the_mean_of_the_last_updates(tmp_path, tiny_model, splits):
+    """--average-last 2 of 4 updates: the adapter is the mean of the weights after updates 3
+    and 4 (the checkpoints of a run without it: same training), validated as such; its last
+    checkpoint keeps the trained weights, to resume from."""
+    train, valid = splits
+    out = {}
+    for last in (0, 2):
+        d = tmp_path / str(last)
+        flags = train_flags(d, tiny_model, train, valid, average_last=last, steps_per_save=2)
+        assert main(flags) == 0
+        out[last] = {
+            "adapter": mx.load(str(d / "adapter" / "adapters.safetensors")),
+            "update3": mx.load(str(d / "adapter_state" / "iter_0000006" / "adapters.safetensors")),
+            "update4": mx.load(str(d / "adapter_state" / "iter_0000008" / "adapters.safetensors")),
+            "metrics": json.loads((d / "train.json").read_text()),
+            "info": json.loads((d / "adapter" / "run_info.json").read_text()),
+        }
+    plain, averaged = out[0], out[2]
+    assert plain["adapter"].keys() == averaged["adapter"].keys()
+    for k, got in averaged["adapter"].items():
+        last, before = np.array(plain["update4"][k]), np.array(plain["update3"][k])
+        assert np.array_equal(np.array(plain["adapter"][k]), last), k
+        assert np.array_equal(np.array(averaged["update4"][k]), last), k
+        assert np.allclose(np.array(got), (last + before) / 2, rtol=1e-6, atol=1e-9), k
+    assert any(
+        not np.array_equal(np.array(averaged["adapter"][k]), np.array(plain["adapter"][k]))
+        for k in plain["adapter"]
+    )
+    assert (plain["metrics"]["averaged_updates"], averaged["metrics"]["averaged_updates"]) == (0, 2)
+    # the same training, another adapter: the validation is the mean's, and fuse checks that
+    assert averaged["metrics"]["train_loss"] == plain["metrics"]["train_loss"]
+    assert averaged["metrics"]["valid_loss"] != plain["metrics"]["valid_loss"]
+    assert averaged["info"]["valid_loss"] == pytest.approx(averaged["metrics"]["valid_loss"])
 
 
 def test_pair_batches_flag_reaches_the_batches(tmp_path, tiny_model, splits):

@@ -21,7 +21,7 @@ import mlx.nn as nn
 from ..data.batches import BatchIterator
 from ..modeling.losses import global_masked_loss, mean_loss, perplexity
 from ..runtime import is_rank0
-from .state import Checkpoints, TrainState
+from .state import Checkpoints, TrainState, WeightAverage
 
 
 def checkpoint_layers(model) -> None:
@@ -64,6 +64,7 @@ class LoopSettings:
     steps_per_eval: int
     validate_first: bool  # validate the untrained adapter at iteration 0 too
     steps_per_save: int
+    average_last: int  # the adapter is the mean of the weights after the last N updates (0: off)
     cpu_kernels: str  # the model's (src/modeling/kernels.py): the loss uses the same
 
 
@@ -115,6 +116,7 @@ def train_loop(
     state: TrainState,
     checkpoints: Checkpoints,
     report: Report,
+    average: WeightAverage,
     head=None,
     groups=None,
 ) -> TrainState:
@@ -124,7 +126,10 @@ def train_loop(
     whose loss is NaN or infinite, before it reaches the weights of a checkpoint. ``head``
     (``checked_head(model)``, or None) computes logits at the trained positions only.
     ``groups``: one key per training row (None: length-sorted batches, as mlx-lm's), rows of a
-    key batched together (``BatchIterator``)."""
+    key batched together (``BatchIterator``). ``average``: the running mean of the last updates'
+    weights; where it holds any, the model ends with that mean, and the last validation is
+    the mean's."""
+    from mlx.utils import tree_flatten
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
     maybe_set_recommended_wired_limit()
@@ -173,11 +178,19 @@ def train_loop(
         report.step(it, loss, tokens / seconds)
         if it % s.grad_accum == 0:  # dropout draws are a function of the iteration
             mx.random.seed(rng_seed(s.seed, it))
+            average.add(model, it // s.grad_accum)
         if it % s.steps_per_report == 0 or it == s.iters:
             learning_rate = float(f"{optimizer.learning_rate.item():.6g}")
             report.train(state.close_window(it // s.grad_accum, learning_rate))
-        if it % s.steps_per_eval == 0 or it == s.iters:
+        if it == s.iters and average.count:
+            trained = dict(tree_flatten(model.trainable_parameters()))
+            model.load_weights(average.mean(model), strict=False)
+            validate(it)  # the mean's validation (and best/ if it is the best)
+            model.load_weights(list(trained.items()), strict=False)
+        elif it % s.steps_per_eval == 0 or it == s.iters:
             validate(it)
         if rank0 and (it % s.steps_per_save == 0 or it == s.iters):
-            checkpoints.save(model, optimizer, state)
+            checkpoints.save(model, optimizer, state, average)
+    if average.count:  # the weights the adapter is saved with (the checkpoint keeps the last)
+        model.load_weights(average.mean(model), strict=False)
     return state
