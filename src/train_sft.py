@@ -360,6 +360,17 @@ def run(cfg: TrainConfig) -> dict:
     if is_rank0():
         _save_adapter_dir(cfg, model, base, state, head is not None, card)
 
+    return _metrics(
+        cfg, state, average.count, int(n_trainable), len(train_rows), len(valid_rows)
+    ) | {"wall_seconds": round(time.perf_counter() - wall0, 2)}
+
+
+def _metrics(
+    cfg: TrainConfig, state: TrainState, averaged: int, trainable: int, n_train: int, n_valid: int
+) -> dict:
+    """The train stage's flat metrics (metrics/train.json), but its wall time."""
+    import mlx.core as mx
+
     final, first = state.last_valid_loss, state.valid_curve[0]
     initial = {}  # the untrained adapter's validation, where it ran (--validate-first)
     if first["iteration"] == 0:
@@ -373,14 +384,13 @@ def run(cfg: TrainConfig) -> dict:
         "train_loss": state.train_curve[-1]["train_loss"],
         "iterations": cfg.iters,
         "optimizer_updates": cfg.updates,
-        "averaged_updates": average.count,  # the adapter is their mean (0: the last update's)
+        "averaged_updates": averaged,  # the adapter is their mean (0: the last update's)
         "trained_tokens": state.trained_tokens,
         "tokens_per_sec": round(state.trained_tokens / max(state.train_seconds, 1e-9), 1),
         "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 4),
-        "wall_seconds": round(time.perf_counter() - wall0, 2),
-        "trainable_params": int(n_trainable),
-        "n_train": len(train_rows),
-        "n_valid": len(valid_rows),
+        "trainable_params": trainable,
+        "n_train": n_train,
+        "n_valid": n_valid,
     }
 
 

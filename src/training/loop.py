@@ -64,7 +64,6 @@ class LoopSettings:
     steps_per_eval: int
     validate_first: bool  # validate the untrained adapter at iteration 0 too
     steps_per_save: int
-    average_last: int  # the adapter is the mean of the weights after the last N updates (0: off)
     cpu_kernels: str  # the model's (src/modeling/kernels.py): the loss uses the same
 
 
@@ -107,6 +106,23 @@ def compiled_step(model, optimizer, loss_fn, grad_accum: int, compiled: list):
     return step
 
 
+def _validate(model, valid_set, s, state, checkpoints, report, head, it: int) -> None:
+    """Validate over the whole set at iteration ``it``: the curve, the report, and the best
+    adapter kept."""
+    loss = mean_loss(model, valid_set, s.batch_size, s.max_seq_length, head, s.cpu_kernels)
+    model.train()
+    ppl = perplexity(loss)
+    row = {"iteration": it, "update": it // s.grad_accum}
+    row |= {"valid_loss": round(loss, 6), "valid_ppl": round(ppl, 6)}
+    state.valid_curve.append(row)
+    state.last_valid_loss = loss
+    report.valid(row)
+    if ppl < state.best_ppl:
+        state.best_ppl, state.best_iter = ppl, it
+        if is_rank0():
+            checkpoints.save_best(model)
+
+
 def train_loop(
     model,
     optimizer,
@@ -140,20 +156,7 @@ def train_loop(
     compiled = [model.state, optimizer.state, mx.random.state]
     step = compiled_step(model, optimizer, loss_fn, s.grad_accum, compiled)
 
-    def validate(it: int) -> None:
-        loss = mean_loss(model, valid_set, s.batch_size, s.max_seq_length, head, s.cpu_kernels)
-        model.train()
-        ppl = perplexity(loss)
-        row = {"iteration": it, "update": it // s.grad_accum}
-        row |= {"valid_loss": round(loss, 6), "valid_ppl": round(ppl, 6)}
-        state.valid_curve.append(row)
-        state.last_valid_loss = loss
-        report.valid(row)
-        if ppl < state.best_ppl:
-            state.best_ppl, state.best_iter = ppl, it
-            if rank0:
-                checkpoints.save_best(model)
-
+    validate = partial(_validate, model, valid_set, s, state, checkpoints, report, head)
     if state.iteration == 0 and s.validate_first:
         validate(0)
     batches = BatchIterator(s.seed, state.iteration, positions=head is not None, groups=groups)(
