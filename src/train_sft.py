@@ -115,6 +115,11 @@ class TrainConfig:
         "keep the rows of one task (metadata.task_id) in the same batch: a correct and a wrong "
         "response judged in the same update",
     )
+    shuffle_batches: bool = arg(
+        False,
+        "batch the training rows in a seeded random order instead of by length (mixes task "
+        "families and verdicts in a batch; more padding)",
+    )
     steps_per_report: int = arg(10, "iterations between train-loss reports")
     steps_per_eval: int = arg(200, "iterations between validations")
     validate_first: bool = arg(

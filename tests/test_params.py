@@ -96,6 +96,7 @@ def test_defaults_are_the_recipes_hyperparameters_and_recipe_file_is_the_full_ru
         "train.warmup_steps",
         "train.decay_steps",  # the default's final decay (docs/default-judge.md)
         "train.average_last",  # the default's adapter: the mean over that decay (same doc)
+        "train.shuffle_batches",  # batches of mixed families and verdicts (same doc)
         "train.steps_per_eval",
         "train.validate_first",  # the default skips the untrained adapter's validation (45 s)
         "train.steps_per_save",

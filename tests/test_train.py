@@ -193,6 +193,35 @@ def test_pair_batches_keep_a_task_together_and_balance_labels(tiny_model, genrm_
     assert BatchIterator(0, groups=[None] * 200).order(lengths) == plain
 
 
+def test_shuffled_batches_mix_families_and_are_a_function_of_the_seed(tiny_model, genrm_rows):
+    """shuffle orders training rows by a seeded random key: a permutation, the same for the same
+    seed (so a resumed run sees the same batches), other for another seed, with batches of
+    mixed task families where length order keeps a family together; evaluation stays in length
+    order, and with groups a task's rows stay adjacent."""
+    tok = load_tokenizer(str(tiny_model))
+    rows = genrm_rows[:200]
+    lengths = [len(x) for x, _ in make_dataset(rows, tok, mask_prompt=True)]
+    plain = BatchIterator(0).order(lengths)
+    mixed = BatchIterator(0, shuffle=True).order(lengths)
+    assert sorted(mixed) == list(range(200)) and mixed != plain
+    assert mixed == BatchIterator(0, shuffle=True).order(lengths)
+    assert mixed != BatchIterator(1, shuffle=True).order(lengths)
+    assert BatchIterator(0, shuffle=True).order(lengths, loop=False) == plain  # evaluation
+
+    def one_family(order):
+        kinds = [
+            {rows[i]["metadata"]["task_type"] for i in order[k : k + 4]} for k in range(0, 200, 4)
+        ]
+        return sum(len(b) == 1 for b in kinds)
+
+    assert one_family(mixed) < one_family(plain) / 2
+    tasks = [r["metadata"]["task_id"] for r in rows]
+    grouped = BatchIterator(0, groups=tasks, shuffle=True).order(lengths)
+    runs = [tasks[i] for i in grouped]
+    assert sum(k == 0 or runs[k - 1] != t for k, t in enumerate(runs)) == len(set(tasks))
+    assert grouped != BatchIterator(0, groups=tasks).order(lengths)
+
+
 def test_recipe_flags_train_and_write_outputs(tmp_path, tiny_model, splits):
     train, valid = splits
     args = [
@@ -501,16 +530,18 @@ def test_average_last_saves_the_mean_of_the_last_updates(tmp_path, tiny_model, s
     assert averaged["info"]["valid_loss"] == pytest.approx(averaged["metrics"]["valid_loss"])
 
 
-def test_pair_batches_flag_reaches_the_batches(tmp_path, tiny_model, splits):
-    """--pair-batches true trains on other batches than false (same seed, same rows)."""
+@pytest.mark.parametrize("flag", ["pair_batches", "shuffle_batches"])
+def test_batch_order_flags_reach_the_batches(tmp_path, tiny_model, splits, flag):
+    """--pair-batches / --shuffle-batches true train on other batches than false (same seed,
+    same rows)."""
     train, valid = splits
     losses = {}
-    for pair in ("true", "false"):
-        d = tmp_path / pair
-        assert main(train_flags(d, tiny_model, train, valid, pair_batches=pair)) == 0
+    for value in ("true", "false"):
+        d = tmp_path / value
+        assert main(train_flags(d, tiny_model, train, valid, **{flag: value})) == 0
         info = json.loads((d / "adapter" / "run_info.json").read_text())
-        assert info["config"]["pair_batches"] is (pair == "true")
-        losses[pair] = json.loads((d / "train.json").read_text())["train_loss"]
+        assert info["config"][flag] is (value == "true")
+        losses[value] = json.loads((d / "train.json").read_text())["train_loss"]
     assert losses["true"] != losses["false"]
 
 

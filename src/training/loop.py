@@ -64,6 +64,7 @@ class LoopSettings:
     steps_per_eval: int
     validate_first: bool  # validate the untrained adapter at iteration 0 too
     steps_per_save: int
+    shuffle_batches: bool  # batches of rows in a seeded random order, not by length
     cpu_kernels: str  # the model's (src/modeling/kernels.py): the loss uses the same
 
 
@@ -159,9 +160,9 @@ def train_loop(
     validate = partial(_validate, model, valid_set, s, state, checkpoints, report, head)
     if state.iteration == 0 and s.validate_first:
         validate(0)
-    batches = BatchIterator(s.seed, state.iteration, positions=head is not None, groups=groups)(
-        train_set, s.batch_size, s.max_seq_length, loop=True, comm_group=world
-    )
+    batches = BatchIterator(
+        s.seed, state.iteration, head is not None, groups, shuffle=s.shuffle_batches
+    )(train_set, s.batch_size, s.max_seq_length, loop=True, comm_group=world)
     mx.random.seed(rng_seed(s.seed, state.iteration))
     model.train()
     grad = None
