@@ -120,6 +120,11 @@ class TrainConfig:
         "batch the training rows in a seeded random order instead of by length (mixes task "
         "families and verdicts in a batch; more padding)",
     )
+    shuffle_window: int = arg(
+        2,
+        "with --shuffle-batches: each run of this many batches' rows is sorted by length "
+        "(less padding); 1: fully random batches",
+    )
     steps_per_report: int = arg(10, "iterations between train-loss reports")
     steps_per_eval: int = arg(200, "iterations between validations")
     validate_first: bool = arg(
@@ -142,6 +147,7 @@ class TrainConfig:
             "steps_per_eval",
             "steps_per_save",
             "max_seq_length",
+            "shuffle_window",
         ):
             check_range(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         check_range("--learning-rate", self.learning_rate, 0.0, 1.0)

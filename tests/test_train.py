@@ -202,11 +202,22 @@ def test_shuffled_batches_mix_families_and_are_a_function_of_the_seed(tiny_model
     rows = genrm_rows[:200]
     lengths = [len(x) for x, _ in make_dataset(rows, tok, mask_prompt=True)]
     plain = BatchIterator(0).order(lengths)
-    mixed = BatchIterator(0, shuffle=True).order(lengths)
+    mixed = BatchIterator(0, shuffle=True, window=2).order(lengths, batch_size=4)
     assert sorted(mixed) == list(range(200)) and mixed != plain
-    assert mixed == BatchIterator(0, shuffle=True).order(lengths)
-    assert mixed != BatchIterator(1, shuffle=True).order(lengths)
+    assert mixed == BatchIterator(0, shuffle=True, window=2).order(lengths, batch_size=4)
+    assert mixed != BatchIterator(1, shuffle=True, window=2).order(lengths, batch_size=4)
     assert BatchIterator(0, shuffle=True).order(lengths, loop=False) == plain  # evaluation
+    # each run of window x batch size rows is sorted by length: the same rows as windows of
+    # one batch (fully random batches) in another order, less padding
+    runs = [mixed[k : k + 8] for k in range(0, 200, 8)]
+    assert all([lengths[i] for i in r] == sorted(lengths[i] for i in r) for r in runs)
+    random = BatchIterator(0, shuffle=True).order(lengths, batch_size=4)
+    assert [set(r) for r in runs] == [set(random[k : k + 8]) for k in range(0, 200, 8)]
+
+    def padded(order):
+        return sum(max(lengths[i] for i in order[k : k + 4]) for k in range(0, 200, 4))
+
+    assert padded(plain) <= padded(mixed) < padded(random)
 
     def one_family(order):
         kinds = [
@@ -530,19 +541,26 @@ def test_average_last_saves_the_mean_of_the_last_updates(tmp_path, tiny_model, s
     assert averaged["info"]["valid_loss"] == pytest.approx(averaged["metrics"]["valid_loss"])
 
 
-@pytest.mark.parametrize("flag", ["pair_batches", "shuffle_batches"])
-def test_batch_order_flags_reach_the_batches(tmp_path, tiny_model, splits, flag):
-    """--pair-batches / --shuffle-batches true train on other batches than false (same seed,
-    same rows)."""
+@pytest.mark.parametrize(
+    "flag, values, extra",
+    [
+        ("pair_batches", ("true", "false"), {}),
+        ("shuffle_batches", ("true", "false"), {}),
+        ("shuffle_window", ("1", "4"), {"shuffle_batches": "true"}),
+    ],
+)
+def test_batch_order_flags_reach_the_batches(tmp_path, tiny_model, splits, flag, values, extra):
+    """--pair-batches, --shuffle-batches and --shuffle-window each train on other batches when
+    changed (same seed, same rows)."""
     train, valid = splits
     losses = {}
-    for value in ("true", "false"):
+    for value in values:
         d = tmp_path / value
-        assert main(train_flags(d, tiny_model, train, valid, **{flag: value})) == 0
+        assert main(train_flags(d, tiny_model, train, valid, **{flag: value}, **extra)) == 0
         info = json.loads((d / "adapter" / "run_info.json").read_text())
-        assert info["config"][flag] is (value == "true")
+        assert str(info["config"][flag]).lower() == value
         losses[value] = json.loads((d / "train.json").read_text())["train_loss"]
-    assert losses["true"] != losses["false"]
+    assert losses[values[0]] != losses[values[1]]
 
 
 def test_quantized_compute_path_matches_dequantized(tmp_path, tiny_model, splits):

@@ -65,6 +65,7 @@ class LoopSettings:
     validate_first: bool  # validate the untrained adapter at iteration 0 too
     steps_per_save: int
     shuffle_batches: bool  # batches of rows in a seeded random order, not by length
+    shuffle_window: int  # with shuffle_batches: runs of this many batches sorted by length
     cpu_kernels: str  # the model's (src/modeling/kernels.py): the loss uses the same
 
 
@@ -142,10 +143,10 @@ def train_loop(
     the best adapter kept), and the checkpoint. Raises ``NonFiniteLoss`` at the first iteration
     whose loss is NaN or infinite, before it reaches the weights of a checkpoint. ``head``
     (``checked_head(model)``, or None) computes logits at the trained positions only.
-    ``groups``: one key per training row (None: length-sorted batches, as mlx-lm's), rows of a
-    key batched together (``BatchIterator``). ``average``: the running mean of the last updates'
-    weights; where it holds any, the model ends with that mean, and the last validation is
-    the mean's."""
+    ``groups``: one key per training row, rows of a key batched together (None: each row on
+    its own; ``BatchIterator``, which also orders by ``s.shuffle_batches``). ``average``: the
+    running mean of the last updates' weights; where it holds any, the model ends with that
+    mean, and the last validation is the mean's."""
     from mlx.utils import tree_flatten
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
@@ -161,7 +162,7 @@ def train_loop(
     if state.iteration == 0 and s.validate_first:
         validate(0)
     batches = BatchIterator(
-        s.seed, state.iteration, head is not None, groups, shuffle=s.shuffle_batches
+        s.seed, state.iteration, head is not None, groups, s.shuffle_batches, s.shuffle_window
     )(train_set, s.batch_size, s.max_seq_length, loop=True, comm_group=world)
     mx.random.seed(rng_seed(s.seed, state.iteration))
     model.train()
