@@ -77,7 +77,13 @@ from .judging.metrics import (
     spearman,
 )
 from .judging.prompts import swap_pair
-from .judging.scores import chat_prompt_ids, direct_scores, soft_scores, value_token_ids
+from .judging.scores import (
+    chat_prompt_ids,
+    direct_scores,
+    soft_scores,
+    value_paths,
+    value_token_ids,
+)
 from .judging.verdicts import NAMES, VerdictFormat, get_format, resolve
 from .modeling.head import checked_head
 from .modeling.kernels import KERNELS, kernels_arg
@@ -223,12 +229,14 @@ def _generate(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tu
     head = checked_head(model)
     prompt_ids = chat_prompt_ids(tokenizer, conversations)
     values = value_token_ids(tokenizer, fmt)
+    then = value_paths(tokenizer, fmt)[0] if values is not None else None
     t0 = time.perf_counter()
-    texts, soft = gen.judge_texts(
-        model, tokenizer, prompt_ids, cfg.max_tokens, cfg.batch_size, head, None, fmt, values
+    texts, soft, direct = gen.judge_texts(
+        model, tokenizer, prompt_ids, cfg.max_tokens, cfg.batch_size, head, None, fmt, values, then
     )
     seconds = time.perf_counter() - t0
-    direct = direct_scores(model, tokenizer, prompt_ids, fmt, head=head) if fmt.template else None
+    if direct is None and fmt.template:  # not read off the generation: a second prefill
+        direct = direct_scores(model, tokenizer, prompt_ids, fmt, head=head)
     if soft is None and values is not None:  # not read off the generation: a second pass
         soft = soft_scores(model, tokenizer, prompt_ids, texts, fmt, head=head)
     return texts, direct, soft, seconds
@@ -247,7 +255,7 @@ def _votes(model, tokenizer, conversations: list[list[dict]], fmt, cfg) -> tuple
     mx.random.seed(0)
     values = value_token_ids(tokenizer, fmt)
     t0 = time.perf_counter()
-    texts, soft = gen.judge_texts(
+    texts, soft, _ = gen.judge_texts(
         model,
         tokenizer,
         repeated,

@@ -217,6 +217,6 @@ def fake_generation(monkeypatch, answer) -> None:
     from src.judging import generate as gen
 
     def fake(model, tokenizer, prompts, max_tokens, batch_size, *more):
-        return [answer(tokenizer.decode(p)) for p in prompts], None
+        return [answer(tokenizer.decode(p)) for p in prompts], None, None
 
     monkeypatch.setattr(gen, "judge_texts", fake)

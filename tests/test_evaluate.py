@@ -143,7 +143,7 @@ def test_metrics_of_a_perfect_and_a_broken_judge(fused, monkeypatch):
         queue = list(texts)
 
         def fake(model, tokenizer, prompts, max_tokens, batch_size, *more, queue=queue):
-            return [queue.pop(0) for _ in prompts], None
+            return [queue.pop(0) for _ in prompts], None, None
 
         monkeypatch.setattr(gen, "judge_texts", fake)
         assert evaluate(_eval_args(fused)) == 0

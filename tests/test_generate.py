@@ -80,7 +80,7 @@ def test_greedy_tokens_are_batch_generates(decoder, monkeypatch):
     for batch in (1, 4, 10):
         assert gen.generate(model, tok, prompts, 12, batch, head).tokens == theirs.token_ids
     assert gen.generate(model, tok, prompts, 12, 10).tokens == theirs.token_ids  # no head split
-    assert gen.judge_texts(model, tok, prompts, 12, 4, head) == (theirs.texts, None)
+    assert gen.judge_texts(model, tok, prompts, 12, 4, head) == (theirs.texts, None, None)
     monkeypatch.setattr(gen, "PREFILL_TOKENS", 100)  # prompts prefilled 25 tokens at a time
     assert gen.generate(model, tok, prompts, 12, 4, head).tokens == theirs.token_ids
     monkeypatch.setattr(gen, "PREFILL_ROWS", 3)  # 4 groups prefilled apart, decoded as one batch
@@ -166,3 +166,28 @@ def test_a_shared_prefix_is_prefilled_once_with_the_same_caches(loaded):
                 np.testing.assert_allclose(
                     np.array(x[i, :, pad:]), np.array(y[i, :, pad:]), rtol=1e-4, atol=1e-4
                 )
+
+
+@pytest.mark.parametrize("opening", ["format's", "none"])
+def test_direct_scores_read_from_the_prompts_cache_are_direct_scores(decoder, opening):
+    """judge_texts' direct scores (the verdict's opening fed to a copy of each prompt's cache)
+    are scores.direct_scores' (a second prefill of prompt and opening); with no opening, the
+    prompt's own last logits. Feeding the copy leaves the generation unchanged."""
+    from dataclasses import replace
+
+    from src.judging import generate as gen
+    from src.judging.scores import direct_scores, value_paths, value_token_ids
+    from src.judging.verdicts import FORMATS
+
+    model, tok, prompts, head = decoder
+    fmt = FORMATS["yes_no"] if opening == "format's" else replace(FORMATS["yes_no"], template="{}")
+    values, then = value_token_ids(tok, fmt), value_paths(tok, fmt)[0]
+    assert values and bool(then) == (opening == "format's")
+    texts, soft, direct = gen.judge_texts(model, tok, prompts, 12, 4, head, None, fmt, values, then)
+    assert direct == pytest.approx(direct_scores(model, tok, prompts, fmt, head=head), abs=1e-4)
+    assert len({round(d, 3) for d in direct}) > 1  # the rows' scores differ
+    assert gen.judge_texts(model, tok, prompts, 12, 4, head, None, fmt, values) == (
+        texts,
+        soft,
+        None,
+    )

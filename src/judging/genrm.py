@@ -227,7 +227,7 @@ class GenRM(_Judge):
                 for tokens, top in zip(*self._generate(batch), strict=True):
                     out.append(self.record(self.tokenizer.decode(tokens), tokens, top))
             else:
-                texts, _ = gen.judge_texts(
+                texts, *_ = gen.judge_texts(
                     self.model, self.tokenizer, batch, self.max_tokens, len(batch), self.head
                 )
                 out += [self.record(text) for text in texts]
