@@ -168,6 +168,17 @@ def _fork(cache):
     return fork
 
 
+def _logits_after(model, head, cache, last, then: list[int]):
+    """Each row's next-token logits after its prompt (whose ``cache`` and ``last`` logits the
+    prefill gave) followed by the tokens ``then``; ``cache`` itself is left as it was."""
+    import mlx.core as mx
+
+    if not then:
+        return last
+    x = mx.array([then] * last.shape[0])
+    return _last_logits(model, head, x, [_fork(c) for c in cache])
+
+
 def _prefill(model, head, prompts: list[list[int]], prefix=None):
     """The rows' caches (``BatchKVCache``, left-padded) and the logits of their last positions.
     ``prefix``: ``_prefix_cache`` of the tokens every prompt starts with; then only the rest of
@@ -372,6 +383,25 @@ def _decoder(model, head, cache, room: int):
     return _HostDecoder(model, head, cache, room)
 
 
+def _prefill_all(model, head, prompts: list[list[int]]):
+    """All rows' caches, merged into one batch for decoding, and their last logits: the shared
+    prefix once (``_prefix_cache``), then ``PREFILL_ROWS`` prompts at a time (``_prefill``)."""
+    import mlx.core as mx
+
+    cache, logits = None, []
+    shared = shared_prefix(prompts) if len(prompts) > 1 else 0
+    prefix = _prefix_cache(model, prompts[0][:shared]) if shared else None
+    for start in range(0, len(prompts), PREFILL_ROWS):
+        part, last = _prefill(model, head, prompts[start : start + PREFILL_ROWS], prefix)
+        logits.append(last)
+        if cache is None:
+            cache = part
+        else:  # one batch for decoding: mlx-lm's merge (more left padding where widths differ)
+            for c, more in zip(cache, part, strict=True):
+                c.extend(more)
+    return cache, mx.concatenate(logits)
+
+
 def generate_batch(
     model,
     prompts: list[list[int]],
@@ -401,26 +431,10 @@ def generate_batch(
     watch = None if not watch else mx.array(watch)
 
     t0 = time.perf_counter()
-    cache, logits = None, []
-    shared = shared_prefix(prompts) if len(prompts) > 1 else 0
-    prefix = _prefix_cache(model, prompts[0][:shared]) if shared else None
-    for start in range(0, len(prompts), PREFILL_ROWS):
-        part, last = _prefill(model, head, prompts[start : start + PREFILL_ROWS], prefix)
-        logits.append(last)
-        if cache is None:
-            cache = part
-        else:  # one batch for decoding: mlx-lm's merge (more left padding where widths differ)
-            for c, more in zip(cache, part, strict=True):
-                c.extend(more)
-    logits = mx.concatenate(logits)
+    cache, logits = _prefill_all(model, head, prompts)
     direct = None
     if then is not None and watch is not None:
-        if then:
-            x = mx.array([then] * len(prompts))
-            logits_then = _last_logits(model, head, x, [_fork(c) for c in cache])
-        else:
-            logits_then = logits
-        direct = logits_then[:, watch].astype(mx.float32)
+        direct = _logits_after(model, head, cache, logits, then)[:, watch].astype(mx.float32)
         mx.eval(direct)
     step = _pick(logits, sampler, top, watch)
     decode = _decoder(model, head, cache, max_tokens)
