@@ -90,10 +90,8 @@ class BatchIterator:
         only) whole groups by their longest row's key (length or random), a group's rows
         adjacent (padding stays small: a task's rows are alike)."""
         n = len(lengths)
-        if not (loop and self.shuffle):
-            rank = lengths
-        else:
-            rank = np.random.default_rng([self.seed, 1 << 30]).permutation(n).tolist()
+        shuffled = loop and self.shuffle
+        rank = np.random.default_rng([self.seed, 1 << 30]).permutation(n) if shuffled else lengths
         if loop and self.groups is not None:
             keys = [(0, g) if g is not None else (1, i) for i, g in enumerate(self.groups)]
             longest: dict = {}
@@ -101,10 +99,10 @@ class BatchIterator:
                 longest[key] = max(longest.get(key, 0), rank[i])
             return sorted(range(n), key=lambda i: (longest[keys[i]], keys[i], lengths[i], i))
         order = sorted(range(n), key=lambda i: (rank[i], i))
-        if rank is lengths:
+        if not shuffled:
             return order
-        run = self.window * batch_size
-        return [i for s in range(0, n, run) for i in sorted(order[s : s + run], key=_by(lengths))]
+        run, by_length = self.window * batch_size, lambda i: (lengths[i], i)
+        return [i for s in range(0, n, run) for i in sorted(order[s : s + run], key=by_length)]
 
     def _collate(self, dataset, idx, rows, max_seq_length):
         items = [dataset[j] for j in idx]
@@ -121,10 +119,6 @@ class BatchIterator:
         if self.positions:
             return mx.array(arr), mx.array(info), mx.array(trained_positions(info, width - 1))
         return mx.array(arr), mx.array(info)
-
-
-def _by(lengths):
-    return lambda i: (lengths[i], i)
 
 
 def _tokens(item):
