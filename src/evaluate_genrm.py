@@ -76,7 +76,7 @@ from .judging.metrics import (
     pearson,
     spearman,
 )
-from .judging.prompts import swap_pair
+from .judging.prompts import MAX_JUDGEMENT_TOKENS, swap_pair
 from .judging.scores import (
     chat_prompt_ids,
     direct_scores,
@@ -105,7 +105,7 @@ class EvalConfig:
     judgements_out: Path = arg(
         Path("metrics/eval_judgements.jsonl"), "every judgement, with its score and reference"
     )
-    max_tokens: int = arg(64, "greedy judgement length")
+    max_tokens: int = arg(MAX_JUDGEMENT_TOKENS, "greedy judgement length")
     batch_size: int = arg(32, "rows generated together")
     limit: int = arg(0, "judge only the first N rows (0: every row)")
     base_model: str = arg("", "also judge with this (untrained) model: metrics prefixed base_")

@@ -26,6 +26,7 @@ from pathlib import Path
 from . import paths
 from .data.sft import chat_messages, read_jsonl
 from .judging.card import CARD, JudgeCard
+from .judging.prompts import MAX_JUDGEMENT_TOKENS
 from .judging.verdicts import NAMES
 from .modeling.kernels import KERNELS, kernels_arg
 from .runtime import (
@@ -63,7 +64,7 @@ class ScoreConfig:
     allow_missing_reference: bool = arg(
         False, "judge rows without a reference although the judge was trained with one"
     )
-    max_tokens: int = arg(64, "judgement length")
+    max_tokens: int = arg(MAX_JUDGEMENT_TOKENS, "judgement length")
     batch_size: int = arg(16, "pairs judged together")
     cpu_kernels: str = kernels_arg()
 

@@ -95,6 +95,30 @@ def test_reference_guided_rows_are_the_same_tasks_with_the_answer_in_the_prompt(
         assert verdict in critique and critique.endswith(f"Score: {g['metadata']['score']}/10")
 
 
+def test_sorted_list_critiques_walk_the_two_lists_to_their_first_difference():
+    """A reference-guided sorted-list critique names pairs response/reference in order, stops
+    at the first pair that differs ("differ": a wrong list) or after the last ("all the same":
+    a right one), re-read here from the prompt, not from the generator."""
+    rows = [r for r in generate_rows(1500, seed=0, reference=True, verdict="yes_no")]
+    walked = 0
+    for row in rows:
+        user, critique = row["messages"][0]["content"], row["messages"][1]["content"]
+        if not user.startswith("Task: Sort in") or len(user) > 4000:  # long lists: split drops
+            continue
+        reference = re.search(r"Reference answer: (.*?)\n", user).group(1).split(", ")
+        response = re.search(r"Response: (.*?)\n", user).group(1).split(", ")
+        walk = re.match(r"Critique: Pairs: (.*?)(, all the same| differ); it (.*)", critique)
+        pairs = [tuple(p.split("/")) for p in walk.group(1).split(" ")]
+        both = list(zip(response, reference, strict=True))
+        first = next((i for i, (a, b) in enumerate(both) if a != b), None)
+        assert pairs == both[: len(both) if first is None else first + 1], critique
+        wrong = row["metadata"]["label"] == 0
+        assert (walk.group(2) == " differ") == (first is not None) == wrong
+        assert walk.group(3).startswith("does not match" if first is not None else "matches")
+        walked += 1
+    assert walked > 150
+
+
 def test_embedded_model_is_deterministic_and_loads(tmp_path):
     a = tmp_path / "a"
     b = tmp_path / "b"

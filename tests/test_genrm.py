@@ -346,7 +346,7 @@ def test_the_judge_carries_its_format_into_the_score_cli(fused, tmp_path, monkey
     from conftest import ROOT
 
     assert score(flags(model=folder, input=ROOT / "docs/candidates.jsonl", output=out)) == 0
-    assert all(o["score"] in (0.0, 1.0) for o in read_jsonl(out)) and len(read_jsonl(out)) == 5
+    assert all(o["score"] in (0.0, 1.0) for o in read_jsonl(out)) and len(read_jsonl(out)) == 6
 
 
 def test_a_reference_guided_judge_refuses_a_row_without_reference(

@@ -246,9 +246,18 @@ def _critique_body(
             if correct
             else "does not match the reference, so the response is wrong"
         )
-        if task.kind == "sorting":  # lists are not restated: ~110 tokens, over eval.max_tokens
-            how = "in the same order as" if correct else "with two numbers swapped against"
-            return f"The response lists the numbers {how} the reference answer; it {verdict}."
+        if task.kind == "sorting":
+            # Two lists of the same numbers in another order read as equal to a small judge: the
+            # critique walks them pair by pair (response/reference) up to the first difference,
+            # so each step compares two numbers just written, and the word before the
+            # conclusion ("differ" / "all the same") is the comparison's (docs/default-judge.md).
+            pairs = []
+            for got, want in zip(response.split(", "), task.answer.split(", "), strict=True):
+                pairs.append(f"{got}/{want}")
+                if got != want:
+                    break
+            end = ", all the same" if correct else " differ"
+            return f"Pairs: {' '.join(pairs)}{end}; it {verdict}."
         return (
             f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
         )

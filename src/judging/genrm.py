@@ -31,7 +31,7 @@ from pathlib import Path
 from ..data.sft import chat_messages
 from ..runtime import StageError
 from .card import CARD, JudgeCard
-from .prompts import VERDICT_ENDINGS, judge_prompt
+from .prompts import MAX_JUDGEMENT_TOKENS, VERDICT_ENDINGS, judge_prompt
 from .scores import TOP_LOGPROBS, chat_prompt_ids, soft_verdict, value_token_ids
 from .verdicts import VerdictFormat, get_format
 
@@ -178,7 +178,7 @@ class GenRM(_Judge):
         verdict: str | VerdictFormat | None = None,
         template: str | None = None,
         direct: bool = False,
-        max_tokens: int = 64,
+        max_tokens: int = MAX_JUDGEMENT_TOKENS,
         batch_size: int = 16,
         unparsed: float = 0.0,
         progress: bool | None = None,
@@ -286,7 +286,7 @@ class ServedGenRM(_Judge):
         url: str = "http://127.0.0.1:8080",
         verdict: str | VerdictFormat | None = None,
         template: str | None = None,
-        max_tokens: int = 64,
+        max_tokens: int = MAX_JUDGEMENT_TOKENS,
         unparsed: float = 0.0,
         timeout: float = 300.0,
         soft: bool = False,

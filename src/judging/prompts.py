@@ -24,6 +24,10 @@ VERDICT_ENDINGS = {
     "result5": 'end with "[RESULT] N", N from 1 to 5.',
     "rating10": 'end with "Rating: [[N]]", N from 1 to 10.',
 }
+# Default judgement length, in tokens: the sample judge's longest critique (a sorted list of nine
+# numbers walked pair by pair, src/data/sample.py) and its verdict line take ~110. A critique
+# ends at the end-of-turn token, so a shorter one costs nothing for the longer limit.
+MAX_JUDGEMENT_TOKENS = 128
 PAIRWISE_INSTRUCTION = (
     "Decide which response solves the task correctly. Write a short critique, then end with "
     '"[[A]]" if Response A is better or "[[B]]" if Response B is better.'
