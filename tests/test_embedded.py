@@ -96,9 +96,9 @@ def test_reference_guided_rows_are_the_same_tasks_with_the_answer_in_the_prompt(
 
 
 def test_sorted_list_critiques_walk_the_two_lists_to_their_first_difference():
-    """A reference-guided sorted-list critique names pairs response/reference in order, stops
-    at the first pair that differs ("differ": a wrong list) or after the last ("all the same":
-    a right one), re-read here from the prompt, not from the generator."""
+    """A reference-guided sorted-list critique names pairs response/reference in order, each
+    "same" or "differ", and stops at the first that differs (a wrong list) or after the last (a
+    right one), re-read here from the prompt, not from the generator."""
     rows = [r for r in generate_rows(1500, seed=0, reference=True, verdict="yes_no")]
     walked = 0
     for row in rows:
@@ -107,14 +107,16 @@ def test_sorted_list_critiques_walk_the_two_lists_to_their_first_difference():
             continue
         reference = re.search(r"Reference answer: (.*?)\n", user).group(1).split(", ")
         response = re.search(r"Response: (.*?)\n", user).group(1).split(", ")
-        walk = re.match(r"Critique: Pairs: (.*?)(, all the same| differ); it (.*)", critique)
-        pairs = [tuple(p.split("/")) for p in walk.group(1).split(" ")]
+        walk = re.match(r"Critique: Pairs: (.*?); it (.*)", critique)
+        pairs = [re.fullmatch(r"(\d+)/(\d+) (same|differ)", p) for p in walk.group(1).split(", ")]
         both = list(zip(response, reference, strict=True))
         first = next((i for i, (a, b) in enumerate(both) if a != b), None)
-        assert pairs == both[: len(both) if first is None else first + 1], critique
+        expected = both[: len(both) if first is None else first + 1]
+        assert [p.groups()[:2] for p in pairs] == expected, critique
+        assert all((p.group(3) == "same") == (p.group(1) == p.group(2)) for p in pairs)
         wrong = row["metadata"]["label"] == 0
-        assert (walk.group(2) == " differ") == (first is not None) == wrong
-        assert walk.group(3).startswith("does not match" if first is not None else "matches")
+        assert (first is not None) == wrong
+        assert walk.group(2).startswith("does not match" if wrong else "matches")
         walked += 1
     assert walked > 150
 

@@ -249,15 +249,14 @@ def _critique_body(
         if task.kind == "sorting":
             # Two lists of the same numbers in another order read as equal to a small judge: the
             # critique walks them pair by pair (response/reference) up to the first difference,
-            # so each step compares two numbers just written, and the word before the
-            # conclusion ("differ" / "all the same") is the comparison's (docs/default-judge.md).
+            # each pair called "same" or "differ" right after its two numbers are written; the
+            # conclusion follows the last of those words (docs/default-judge.md).
             pairs = []
             for got, want in zip(response.split(", "), task.answer.split(", "), strict=True):
-                pairs.append(f"{got}/{want}")
+                pairs.append(f"{got}/{want} {'same' if got == want else 'differ'}")
                 if got != want:
                     break
-            end = ", all the same" if correct else " differ"
-            return f"Pairs: {' '.join(pairs)}{end}; it {verdict}."
+            return f"Pairs: {', '.join(pairs)}; it {verdict}."
         return (
             f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
         )
