@@ -99,9 +99,8 @@ def test_sorted_list_critiques_walk_the_two_lists_to_their_first_difference():
     """A reference-guided sorted-list critique names pairs response/reference in order, each
     "same" or "differ", and stops at the first that differs (a wrong list) or after the last (a
     right one), re-read here from the prompt, not from the generator."""
-    rows = [r for r in generate_rows(1500, seed=0, reference=True, verdict="yes_no")]
     walked = 0
-    for row in rows:
+    for row in generate_rows(1500, seed=0, reference=True, verdict="yes_no"):
         user, critique = row["messages"][0]["content"], row["messages"][1]["content"]
         if not user.startswith("Task: Sort in") or len(user) > 4000:  # long lists: split drops
             continue
