@@ -174,7 +174,7 @@ def test_free_form_rows_are_labelled_by_their_final_answer():
         final = _final_answer(meta["response"], meta["reference"])
         assert _same(final, meta["reference"]) == bool(meta["label"]), meta
         # the critique names that final answer (in the reference's form) before comparing
-        named = re.search(r"final answer is (.*?)\. The", r["messages"][1]["content"]).group(1)
+        named = re.search(r"response gives (.*?)\. The", r["messages"][1]["content"]).group(1)
         assert _same(final, named), (final, named)
     texts = [r["metadata"]["response"] for r in free]
     assert any(t.startswith("The answer is ") for t in texts)

@@ -233,13 +233,10 @@ def _free_form(task: Task, final: str, correct: bool, rng: random.Random) -> str
 def _critique_body(
     task: Task, response: str, correct: bool, reference: bool, final: str | None = None
 ) -> str:
-    if final is not None:  # a free-form response: name its final answer, then compare
-        truth = "The reference answer" if reference else "The correct answer"
-        match = "they match" if correct else "they do not match"
-        return (
-            f"The response's final answer is {final}. {truth} is {task.answer}; {match}, so "
-            f"the response is {'correct' if correct else 'wrong'}."
-        )
+    # A free-form response is named by its final answer, in the words a bare one gets: one
+    # template to learn, not two (a second wording, "they match", split the comparison at 120
+    # updates and the judge leaned to one verdict: docs/default-judge.md).
+    response = response if final is None else final
     if reference:  # restate, compare, conclude
         verdict = (
             "matches the reference, so the response is correct"
