@@ -230,13 +230,7 @@ def _free_form(task: Task, final: str, correct: bool, rng: random.Random) -> str
     return f"{a} {op} {b} = {task.answer}, so the answer is {final}."
 
 
-def _critique_body(
-    task: Task, response: str, correct: bool, reference: bool, final: str | None = None
-) -> str:
-    # A free-form response is named by its final answer, in the words a bare one gets: one
-    # template to learn, not two (a second wording, "they match", split the comparison at 120
-    # updates and the judge leaned to one verdict: docs/default-judge.md).
-    response = response if final is None else final
+def _critique_body(task: Task, response: str, correct: bool, reference: bool) -> str:
     if reference:  # restate, compare, conclude
         verdict = (
             "matches the reference, so the response is correct"
@@ -282,7 +276,10 @@ def _row(
     """One pointwise row; ``final``: the final answer of a free-form ``response``."""
     good, bad = VERDICTS[verdict]
     value = rng.choice(good if correct else bad)
-    body = _critique_body(task, response, correct, reference, final)
+    # A free-form response is critiqued by its final answer, in the words a bare one gets: one
+    # template to learn, not two (a second wording, "they match", split the comparison at 120
+    # updates and the judge leaned to one verdict: docs/default-judge.md).
+    body = _critique_body(task, response if final is None else final, correct, reference)
     critique = "" if direct else f"Critique: {body}\n"
     critique += FORMATS[verdict].template.format(value)
     prompt = judge_prompt(
