@@ -37,6 +37,11 @@ Pointwise data (one response per row; ``metadata.label`` 1 if it is correct):
   ``pairwise_accuracy``, ``best_of_n_accuracy``, ``soft_auc`` and ``exact_match_accuracy``
   (whole tasks resampled, 1000 times, seeded: the same judgements give the same interval).
 
+Evaluation-only sets are judged beside the validation rows, each with the same metrics under a
+prefix: ``--ood-data`` (``ood_*``: task families never trained on) and ``--ff-data`` (``ff_*``:
+the trained families with free-form responses, where the exact-match rule fails); the
+``*_free_form`` metrics are the judge and the rule on a set's free-form rows alone.
+
 Pairwise data (``[[A]]``/``[[B]]`` references): each row is judged in its own order and, where
 ``metadata.response_a``/``response_b`` give the two responses, with them swapped;
 ``pairwise_accuracy`` averages both orders, a parse failure or a tie counting 0.5 (RewardBench's
@@ -126,6 +131,9 @@ class EvalConfig:
     ood_data: Path | None = arg(
         None, "held-out rows from task families never trained on: judged too, metrics ood_*"
     )
+    ff_data: Path | None = arg(
+        None, "free-form rows from the trained families: judged too, metrics ff_*"
+    )
     cpu_kernels: str = kernels_arg()
 
     def __post_init__(self) -> None:
@@ -168,7 +176,12 @@ def run(cfg: EvalConfig) -> dict:
     from .modeling.load import load_base
 
     numbered = _chat_rows(cfg.data)[: cfg.limit or None]
-    held_out = [r for _, r in _chat_rows(cfg.ood_data)] if cfg.ood_data else []
+    # evaluation-only sets beside the validation rows, each judged on its own (metrics prefixed)
+    extra = {
+        name: [r for _, r in _chat_rows(path)]
+        for name, path in (("ood", cfg.ood_data), ("ff", cfg.ff_data))
+        if path
+    }
     fmt = resolve(
         cfg.verdict,
         [(line, r["messages"][-1]["content"]) for line, r in numbered],
@@ -188,10 +201,12 @@ def run(cfg: EvalConfig) -> dict:
         metrics.update({f"base_{k}": v for k, v in base_metrics.items()})
         for rec, base_rec in zip(records, base_records, strict=True):
             rec["base_judgement"], rec["base_score"] = base_rec["judgement"], base_rec["score"]
-    if held_out:  # task families the judge never saw: does it generalize?
-        ood_metrics, ood_records = judge(model, tokenizer, held_out, fmt, cfg)
-        metrics.update({f"ood_{k}": v for k, v in ood_metrics.items()})
-        records += [{**rec, "set": "ood"} for rec in ood_records]
+    # ood: task families the judge never saw (does it generalize?); ff: free-form answers to
+    # the tasks it was trained on (does it read the answer, where `response == reference` fails?)
+    for name, extra_rows in extra.items():
+        extra_metrics, extra_records = judge(model, tokenizer, extra_rows, fmt, cfg)
+        metrics.update({f"{name}_{k}": v for k, v in extra_metrics.items()})
+        records += [{**rec, "set": name} for rec in extra_records]
     metrics[f"verdict_format_{fmt.name}"] = 1
     write_jsonl(cfg.judgements_out, records)
     return metrics

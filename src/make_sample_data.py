@@ -10,7 +10,10 @@ answer is in the prompt and the judge compares; see ``src/data/sample.py``), ``d
 ``pairwise``; see ``src/judging/verdicts.py``), ``data.direct`` (the fraction of rows judged by the
 verdict line alone, without a critique), ``data.free_form`` (the fraction of free-form
 responses), ``data.ood_rows`` and ``data.ood_free_form`` (evaluation-only rows from task families
-never trained on, written to ``--ood-out`` for the evaluate stage's ``ood_*`` metrics).
+never trained on, written to ``--ood-out`` for the evaluate stage's ``ood_*`` metrics),
+``data.ff_rows`` (evaluation-only rows from the trained families, every response free-form,
+written to ``--ff-out`` for the ``ff_*`` metrics: how the judge reads free-form answers to the
+tasks it was trained on, whether or not ``data.free_form`` trains on any).
 
     uv run python -m src.make_sample_data --rows 3000 --seed 0 \
         --out data/processed/sft/sft_genrm_train.jsonl
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .data.sample import HELD_OUT_MAKERS, VERDICTS, generate_rows
+from .data.sample import FREE_FORM_MAKERS, HELD_OUT_MAKERS, VERDICTS, generate_rows
 from .data.sft import dumps
 from .runtime import arg, check_choice, check_range, config_parser, stage_main, write_jsonl
 
@@ -47,6 +50,10 @@ class SampleDataConfig:
     ood_rows: int = arg(0, "evaluation-only rows from task families never in --out (0: none)")
     ood_free_form: float = arg(0.5, "fraction of those rows with free-form responses")
     ood_out: Path = arg(paths.OOD, "the held-out rows' JSONL (written when --ood-rows > 0)")
+    ff_rows: int = arg(
+        0, "evaluation-only rows from the trained families, every response free-form (0: none)"
+    )
+    ff_out: Path = arg(paths.FREE_FORM, "the free-form rows' JSONL (written when --ff-rows > 0)")
 
     def __post_init__(self) -> None:
         check_range("--rows", self.rows, 1)
@@ -54,6 +61,7 @@ class SampleDataConfig:
         check_range("--free-form", self.free_form, 0.0, 1.0)
         check_range("--ood-rows", self.ood_rows, 0)
         check_range("--ood-free-form", self.ood_free_form, 0.0, 1.0)
+        check_range("--ff-rows", self.ff_rows, 0)
         check_choice("--verdict", self.verdict, (*VERDICTS, "pairwise"))
 
 
@@ -62,24 +70,35 @@ def run(cfg: SampleDataConfig) -> dict:
     generated = list(
         generate_rows(cfg.rows, cfg.seed, direct=cfg.direct, free_form=cfg.free_form, **common)
     )
-    held_out = (
-        list(
-            generate_rows(
-                cfg.ood_rows,
-                cfg.seed,
-                long_fraction=0.0,
-                free_form=cfg.ood_free_form,
-                makers=HELD_OUT_MAKERS,
-                prefix="ood",
-                **common,
-            )
+    evaluation_only = dict(long_fraction=0.0, **common)
+    held_out = list(
+        generate_rows(
+            cfg.ood_rows,
+            cfg.seed,
+            free_form=cfg.ood_free_form,
+            makers=HELD_OUT_MAKERS,
+            prefix="ood",
+            **evaluation_only,
         )
-        if cfg.ood_rows
-        else []
+    )
+    # the trained families' tasks, drawn afresh (a question may recur from training, as in the
+    # validation split: there are 92 string questions); every response free-form
+    free_form = list(
+        generate_rows(
+            cfg.ff_rows,
+            cfg.seed,
+            free_form=1.0,
+            makers=FREE_FORM_MAKERS,
+            prefix="ff",
+            stream="ff",
+            **evaluation_only,
+        )
     )
     write_jsonl(cfg.out, generated, dumps=dumps)
     if cfg.ood_rows:
         write_jsonl(cfg.ood_out, held_out, dumps=dumps)
+    if cfg.ff_rows:
+        write_jsonl(cfg.ff_out, free_form, dumps=dumps)
     labels = Counter(r["metadata"]["label"] for r in generated)
     n_direct = sum("\n" not in r["messages"][-1]["content"] for r in generated)
     return {
@@ -89,6 +108,7 @@ def run(cfg: SampleDataConfig) -> dict:
         "n_direct": n_direct,
         "n_free_form": sum(bool(r["metadata"].get("free_form")) for r in generated),
         "n_ood": len(held_out),
+        "n_ff": len(free_form),
     }
 
 

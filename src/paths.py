@@ -14,6 +14,7 @@ TRAIN_SPLIT = Path("data/processed/sft/sft_train.jsonl")
 VALID_SPLIT = Path("data/processed/sft/sft_valid.jsonl")
 REJECTS = Path("data/processed/sft/sft_rejects.jsonl")
 OOD = Path("data/processed/sft/sft_heldout_families.jsonl")  # evaluation only
+FREE_FORM = Path("data/processed/sft/sft_free_form_eval.jsonl")  # evaluation only
 ADAPTER = Path("checkpoints/sft_adapter")
 STATE = Path("checkpoints/sft_adapter_state")
 MERGED = Path("checkpoints/sft_merged_model")
@@ -27,6 +28,7 @@ DVC_VARS = {
     "valid_split": VALID_SPLIT,
     "rejects": REJECTS,
     "ood": OOD,
+    "ff": FREE_FORM,
     "adapter": ADAPTER,
     "state": STATE,
     "merged": MERGED,

@@ -211,3 +211,32 @@ def test_held_out_families_never_reach_the_training_data(tmp_path):
         meta = r["metadata"]
         final = _final_answer(meta["response"], meta["reference"])
         assert _same(final, meta["reference"]) == bool(meta["label"]), meta
+
+
+def test_free_form_evaluation_rows_are_fresh_free_form_tasks_of_the_trained_families(tmp_path):
+    """--ff-rows: evaluation-only rows from the trained families (sorted lists have no free
+    form), every response free-form and its label re-checked from the text; tasks drawn from a
+    stream of their own (not the training rows' first tasks again); 0 writes no file."""
+    import json
+
+    from src.make_sample_data import SampleDataConfig
+    from src.make_sample_data import run as make_sample_data
+
+    out, ff = tmp_path / "train.jsonl", tmp_path / "ff.jsonl"
+    common = dict(rows=600, reference=True, verdict="yes_no", out=out, ff_out=ff)
+    assert make_sample_data(SampleDataConfig(ff_rows=40, **common))["n_ff"] == 40
+    train = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = [json.loads(line) for line in ff.read_text().splitlines()]
+    assert {r["metadata"]["task_type"] for r in rows} == {"arithmetic", "conversion", "string"}
+    assert all(r["metadata"]["free_form"] for r in rows)
+    for r in rows:
+        meta = r["metadata"]
+        assert meta["task_id"].startswith("ff0-")
+        final = _final_answer(meta["response"], meta["reference"])
+        assert _same(final, meta["reference"]) == bool(meta["label"]), meta
+    prompts = [r["messages"][0]["content"].split("\n")[0] for r in rows]
+    firsts = [r["messages"][0]["content"].split("\n")[0] for r in train[: len(rows)]]
+    assert prompts != firsts  # another stream, not the same tasks in another dress
+    ff.unlink()
+    assert make_sample_data(SampleDataConfig(ff_rows=0, **common))["n_ff"] == 0
+    assert not ff.exists()

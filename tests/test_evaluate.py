@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import fake_generation, flags, read_jsonl, write_jsonl, written_format
@@ -443,28 +444,47 @@ def test_votes_through_the_command(tmp_path, fused, monkeypatch):
 
 
 def test_held_out_families_and_free_form_rows_are_scored_apart(tmp_path, fused, monkeypatch):
-    """--ood-data: the held-out families' rows are judged too (ood_* metrics, records marked
-    "ood"); on free-form rows a judge that reads the final answer beats the exact-match rule."""
-    from src.data.sample import HELD_OUT_MAKERS
+    """--ood-data / --ff-data: the held-out families' rows and the free-form rows are judged too
+    (ood_* / ff_* metrics, records marked "ood" / "ff"); on free-form rows a judge that reads
+    the final answer beats the exact-match rule."""
+    from src.data.sample import FREE_FORM_MAKERS, HELD_OUT_MAKERS
 
     common = dict(long_fraction=0.0, verdict="yes_no", reference=True, free_form=0.5)
     rows = list(generate_rows(30, seed=7, **common))
     held = list(generate_rows(20, seed=7, makers=HELD_OUT_MAKERS, prefix="ood", **common))
+    common["free_form"] = 1.0
+    free = list(generate_rows(12, 7, makers=FREE_FORM_MAKERS, prefix="ff", stream="ff", **common))
     data = write_jsonl(tmp_path / "v.jsonl", rows)
     ood = write_jsonl(tmp_path / "ood.jsonl", held)
+    ff = write_jsonl(tmp_path / "ff.jsonl", free)
     by_prompt = {r["messages"][0]["content"]: r["messages"][-1]["content"] for r in rows + held}
+    # the free-form rows get a judge that reads the first number it sees (a rule in disguise):
+    # wrong wherever the worked step's number is not the final answer
+    for r in free:
+        meta = r["metadata"]
+        first = re.search(r"-?\d+(\.\d+)?|[A-Za-z]+(?=\.?$)", meta["response"]).group(0)
+        said = "Yes" if first == meta["reference"].split()[0] else "No"
+        by_prompt[r["messages"][0]["content"]] = (
+            f"Critique: .\nIs the answer correct (Yes/No)? {said}"
+        )
     fake_generation(monkeypatch, lambda p: next(v for u, v in by_prompt.items() if u in p))
     out, judgements = tmp_path / "m.json", tmp_path / "j.jsonl"
     args = _eval_args(fused, data=data, metrics=out, judgements_out=judgements, ood_data=ood)
-    assert evaluate(args) == 0
+    assert evaluate([*args, "--ff-data", str(ff)]) == 0
     m = json.loads(out.read_text())
     assert m["ood_n_eval"] == 20 and m["ood_verdict_accuracy"] == 1.0
     assert m["ood_exact_match_accuracy"] < 1.0  # the rule misreads free-form answers
     assert m["verdict_accuracy_free_form"] == 1.0 > m["exact_match_accuracy_free_form"]
     assert m["n_free_form"] == sum(bool(r["metadata"].get("free_form")) for r in rows)
     assert m["ood_verdict_accuracy_free_form_lo"] <= 1.0
+    assert m["ff_n_eval"] == m["ff_n_free_form"] == 12
+    misread = [
+        j for j in read_jsonl(judgements) if j.get("set") == "ff" and j["score"] != j["label"]
+    ]
+    assert m["ff_verdict_accuracy"] == round(1 - len(misread) / 12, 4) < 1.0
+    assert m["ff_exact_match_accuracy"] < 1.0
     marked = [j.get("set") for j in read_jsonl(judgements)]
-    assert marked.count("ood") == 20 and len(marked) == 50
+    assert marked.count("ood") == 20 and marked.count("ff") == 12 and len(marked) == 62
 
 
 def test_soft_scores_read_off_the_generation_are_the_second_passes(fused):

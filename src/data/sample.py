@@ -192,6 +192,9 @@ def _letter_count(rng: random.Random) -> Task:
 
 # Task families that never reach the training data: the evaluate stage's held-out (ood_*) rows.
 HELD_OUT_MAKERS = (_weekday, _largest, _letter_count)
+# The trained families that have free forms (sorted lists stay bare): the evaluate stage's
+# free-form rows (ff_*), every response free-form, tasks drawn from a stream of their own.
+FREE_FORM_MAKERS = (_arithmetic, _conversion, _string)
 
 
 def _free_form(task: Task, final: str, correct: bool, rng: random.Random) -> str | None:
@@ -244,8 +247,9 @@ def _critique_body(task: Task, response: str, correct: bool, reference: bool) ->
             # conclusion follows the last of those words (docs/default-judge.md).
             pairs = []
             for got, want in zip(response.split(", "), task.answer.split(", "), strict=True):
-                pairs.append(f"{got}/{want} {'same' if got == want else 'differ'}")
-                if got != want:
+                same = got == want
+                pairs.append(f"{got}/{want} {'same' if same else 'differ'}")
+                if not same:
                     break
             return f"Pairs: {', '.join(pairs)}; it {verdict}."
         return (
@@ -350,6 +354,7 @@ def generate_rows(
     free_form: float = 0.0,
     makers: tuple = _MAKERS,
     prefix: str = "t",
+    stream: str | None = None,
 ) -> Iterator[dict]:
     """Yield ``n_rows`` GenRM rows; correct and incorrect candidates are balanced.
     ``reference``: reference-guided rows (the correct answer in the prompt). ``verdict``: the
@@ -364,6 +369,8 @@ def generate_rows(
     the label is still decided by the program: the final answer against the truth), drawn from
     a stream of its own, so ``free_form=0`` gives the same bytes as before too. ``makers``: the
     task families (``HELD_OUT_MAKERS`` for the held-out rows, task ids starting ``prefix``).
+    ``stream``: None draws from ``seed`` alone (the training and held-out rows' bytes); a name
+    draws another sequence of tasks from the same seed (the free-form rows: ``"ff"``).
 
     A task gets 1-3 candidate responses (pairwise: 1-3 comparisons), so pairwise comparisons and
     best-of-N exist. About ``long_fraction`` of the tasks are sorting tasks over hundreds of
@@ -373,9 +380,10 @@ def generate_rows(
     """
     if verdict != "pairwise" and verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, pairwise; got {verdict!r}")
-    rng = random.Random(seed)
-    short = random.Random(f"direct-{seed}")  # its own stream: the rows stay the same
-    free = random.Random(f"free-{seed}")  # likewise
+    key = seed if stream is None else f"{stream}-{seed}"
+    rng = random.Random(key)
+    short = random.Random(f"direct-{key}")  # its own stream: the rows stay the same
+    free = random.Random(f"free-{key}")  # likewise
     produced = 0
     task_index = 0
     next_correct = True

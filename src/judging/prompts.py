@@ -25,7 +25,7 @@ VERDICT_ENDINGS = {
     "rating10": 'end with "Rating: [[N]]", N from 1 to 10.',
 }
 # Default judgement length, in tokens: the sample judge's longest critique (a sorted list of nine
-# numbers walked pair by pair, src/data/sample.py) and its verdict line take ~110. A critique
+# numbers walked pair by pair, src/data/sample.py) and its verdict line take up to 118. A critique
 # ends at the end-of-turn token, so a shorter one costs nothing for the longer limit.
 MAX_JUDGEMENT_TOKENS = 128
 PAIRWISE_INSTRUCTION = (
