@@ -83,7 +83,7 @@ def run(cfg: SampleDataConfig) -> dict:
     )
     # the trained families' tasks, drawn afresh (a question may recur from training, as in the
     # validation split: there are 92 string questions); every response free-form
-    free_form = list(
+    free_form_eval = list(
         generate_rows(
             cfg.ff_rows,
             cfg.seed,
@@ -98,7 +98,7 @@ def run(cfg: SampleDataConfig) -> dict:
     if cfg.ood_rows:
         write_jsonl(cfg.ood_out, held_out, dumps=dumps)
     if cfg.ff_rows:
-        write_jsonl(cfg.ff_out, free_form, dumps=dumps)
+        write_jsonl(cfg.ff_out, free_form_eval, dumps=dumps)
     labels = Counter(r["metadata"]["label"] for r in generated)
     n_direct = sum("\n" not in r["messages"][-1]["content"] for r in generated)
     return {
@@ -108,7 +108,7 @@ def run(cfg: SampleDataConfig) -> dict:
         "n_direct": n_direct,
         "n_free_form": sum(bool(r["metadata"].get("free_form")) for r in generated),
         "n_ood": len(held_out),
-        "n_ff": len(free_form),
+        "n_ff": len(free_form_eval),
     }
 
 
