@@ -217,7 +217,7 @@ def test_free_form_evaluation_rows_are_fresh_free_form_tasks_of_the_trained_fami
     """--ff-rows: evaluation-only rows from the trained families (sorted lists have no free
     form), every response free-form and its label re-checked from the text; tasks drawn from a
     stream of their own (not the training rows' first tasks again); 0 writes no file."""
-    import json
+    from conftest import read_jsonl
 
     from src.make_sample_data import SampleDataConfig
     from src.make_sample_data import run as make_sample_data
@@ -225,8 +225,7 @@ def test_free_form_evaluation_rows_are_fresh_free_form_tasks_of_the_trained_fami
     out, ff = tmp_path / "train.jsonl", tmp_path / "ff.jsonl"
     common = dict(rows=600, reference=True, verdict="yes_no", out=out, ff_out=ff)
     assert make_sample_data(SampleDataConfig(ff_rows=40, **common))["n_ff"] == 40
-    train = [json.loads(line) for line in out.read_text().splitlines()]
-    rows = [json.loads(line) for line in ff.read_text().splitlines()]
+    train, rows = read_jsonl(out), read_jsonl(ff)
     assert {r["metadata"]["task_type"] for r in rows} == {"arithmetic", "conversion", "string"}
     assert all(r["metadata"]["free_form"] for r in rows)
     for r in rows:

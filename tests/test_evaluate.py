@@ -469,8 +469,9 @@ def test_held_out_families_and_free_form_rows_are_scored_apart(tmp_path, fused, 
         )
     fake_generation(monkeypatch, lambda p: next(v for u, v in by_prompt.items() if u in p))
     out, judgements = tmp_path / "m.json", tmp_path / "j.jsonl"
-    args = _eval_args(fused, data=data, metrics=out, judgements_out=judgements, ood_data=ood)
-    assert evaluate([*args, "--ff-data", str(ff)]) == 0
+    sets = dict(ood_data=ood, ff_data=ff)
+    args = _eval_args(fused, data=data, metrics=out, judgements_out=judgements, **sets)
+    assert evaluate(args) == 0
     m = json.loads(out.read_text())
     assert m["ood_n_eval"] == 20 and m["ood_verdict_accuracy"] == 1.0
     assert m["ood_exact_match_accuracy"] < 1.0  # the rule misreads free-form answers
