@@ -64,6 +64,7 @@ Params: ``eval.*``.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,10 +130,13 @@ class EvalConfig:
     )
     temperature: float = arg(0.7, "sampling temperature of the votes")
     ood_data: Path | None = arg(
-        None, "held-out rows from task families never trained on: judged too, metrics ood_*"
+        None,
+        "held-out rows from task families never trained on: judged too, metrics ood_* "
+        "(an empty file: none)",
     )
     ff_data: Path | None = arg(
-        None, "free-form rows from the trained families: judged too, metrics ff_*"
+        None,
+        "free-form rows from the trained families: judged too, metrics ff_* (an empty file: none)",
     )
     cpu_kernels: str = kernels_arg()
 
@@ -177,11 +181,13 @@ def run(cfg: EvalConfig) -> dict:
 
     numbered = _chat_rows(cfg.data)[: cfg.limit or None]
     # evaluation-only sets beside the validation rows, each judged on its own (metrics prefixed)
-    extra = {
-        name: [r for _, r in _chat_rows(path)]
-        for name, path in (("ood", cfg.ood_data), ("ff", cfg.ff_data))
-        if path
-    }
+    # (an empty file is no set: what sample_data writes at data.ood_rows / data.ff_rows 0)
+    extra = {}
+    for name, path in (("ood", cfg.ood_data), ("ff", cfg.ff_data)):
+        if path and path.is_file() and path.stat().st_size == 0:
+            print(f"{path}: no rows, so no {name}_* metrics", file=sys.stderr)
+        elif path:
+            extra[name] = [r for _, r in _chat_rows(path)]
     fmt = resolve(
         cfg.verdict,
         [(line, r["messages"][-1]["content"]) for line, r in numbered],

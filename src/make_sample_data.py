@@ -49,11 +49,11 @@ class SampleDataConfig:
     out: Path = arg(paths.RAW, "the JSONL written")
     ood_rows: int = arg(0, "evaluation-only rows from task families never in --out (0: none)")
     ood_free_form: float = arg(0.5, "fraction of those rows with free-form responses")
-    ood_out: Path = arg(paths.OOD, "the held-out rows' JSONL (written when --ood-rows > 0)")
+    ood_out: Path = arg(paths.OOD, "the held-out rows' JSONL (empty at --ood-rows 0)")
     ff_rows: int = arg(
         0, "evaluation-only rows from the trained families, every response free-form (0: none)"
     )
-    ff_out: Path = arg(paths.FREE_FORM, "the free-form rows' JSONL (written when --ff-rows > 0)")
+    ff_out: Path = arg(paths.FREE_FORM, "the free-form rows' JSONL (empty at --ff-rows 0)")
 
     def __post_init__(self) -> None:
         check_range("--rows", self.rows, 1)
@@ -94,11 +94,11 @@ def run(cfg: SampleDataConfig) -> dict:
             **evaluation_only,
         )
     )
+    # Both evaluation-only files are written, empty at 0 rows: they are outputs DVC expects, and
+    # evaluate reads an empty one as "no such set" (`-S data.ood_rows=0` is a valid experiment).
     write_jsonl(cfg.out, generated, dumps=dumps)
-    if cfg.ood_rows:
-        write_jsonl(cfg.ood_out, held_out, dumps=dumps)
-    if cfg.ff_rows:
-        write_jsonl(cfg.ff_out, free_form_eval, dumps=dumps)
+    write_jsonl(cfg.ood_out, held_out, dumps=dumps)
+    write_jsonl(cfg.ff_out, free_form_eval, dumps=dumps)
     labels = Counter(r["metadata"]["label"] for r in generated)
     n_direct = sum("\n" not in r["messages"][-1]["content"] for r in generated)
     return {

@@ -487,6 +487,13 @@ def test_held_out_families_and_free_form_rows_are_scored_apart(tmp_path, fused, 
     marked = [j.get("set") for j in read_jsonl(judgements)]
     assert marked.count("ood") == 20 and marked.count("ff") == 12 and len(marked) == 62
 
+    # an empty file (sample_data at data.ood_rows 0) is no set: no ood_* metrics, the rest kept
+    ood.write_bytes(b"")
+    assert evaluate(args) == 0
+    m = json.loads(out.read_text())
+    assert not any(k.startswith("ood_") for k in m) and m["ff_n_eval"] == 12
+    assert [j.get("set") for j in read_jsonl(judgements)].count("ood") == 0
+
 
 def test_soft_scores_read_off_the_generation_are_the_second_passes(fused):
     """evaluate reads each judgement's soft score off its own generation (the verdict values'
