@@ -49,11 +49,19 @@ class SampleDataConfig:
     out: Path = arg(paths.RAW, "the JSONL written")
     ood_rows: int = arg(0, "evaluation-only rows from task families never in --out (0: none)")
     ood_free_form: float = arg(0.5, "fraction of those rows with free-form responses")
-    ood_out: Path = arg(paths.OOD, "the held-out rows' JSONL (empty at --ood-rows 0)")
+    ood_out: Path | None = arg(
+        None,
+        f"the held-out rows' JSONL (default: {paths.OOD} when --ood-rows > 0); given, it is "
+        "written at 0 rows too, empty",
+    )
     ff_rows: int = arg(
         0, "evaluation-only rows from the trained families, every response free-form (0: none)"
     )
-    ff_out: Path = arg(paths.FREE_FORM, "the free-form rows' JSONL (empty at --ff-rows 0)")
+    ff_out: Path | None = arg(
+        None,
+        f"the free-form rows' JSONL (default: {paths.FREE_FORM} when --ff-rows > 0); given, it "
+        "is written at 0 rows too, empty",
+    )
 
     def __post_init__(self) -> None:
         check_range("--rows", self.rows, 1)
@@ -94,11 +102,17 @@ def run(cfg: SampleDataConfig) -> dict:
             **evaluation_only,
         )
     )
-    # Both evaluation-only files are written, empty at 0 rows: they are outputs DVC expects, and
-    # evaluate reads an empty one as "no such set" (`-S data.ood_rows=0` is a valid experiment).
     write_jsonl(cfg.out, generated, dumps=dumps)
-    write_jsonl(cfg.ood_out, held_out, dumps=dumps)
-    write_jsonl(cfg.ff_out, free_form_eval, dumps=dumps)
+    # An evaluation-only file named on the command line is written even at 0 rows, empty: DVC
+    # expects its outputs, and evaluate reads an empty file as no such set (`-S
+    # data.ood_rows=0` is a valid experiment). Unnamed, it goes to its default path, and only
+    # when it has rows (nothing there is replaced by an empty file).
+    for rows, out, default in (
+        (held_out, cfg.ood_out, paths.OOD),
+        (free_form_eval, cfg.ff_out, paths.FREE_FORM),
+    ):
+        if out is not None or rows:
+            write_jsonl(out or default, rows, dumps=dumps)
     labels = Counter(r["metadata"]["label"] for r in generated)
     n_direct = sum("\n" not in r["messages"][-1]["content"] for r in generated)
     return {

@@ -213,11 +213,14 @@ def test_held_out_families_never_reach_the_training_data(tmp_path):
         assert _same(final, meta["reference"]) == bool(meta["label"]), meta
 
 
-def test_free_form_evaluation_rows_are_fresh_free_form_tasks_of_the_trained_families(tmp_path):
+def test_free_form_evaluation_rows_are_fresh_free_form_tasks_of_the_trained_families(
+    tmp_path, monkeypatch
+):
     """--ff-rows: evaluation-only rows from the trained families (sorted lists have no free
     form), every response free-form and its label re-checked from the text; tasks drawn from a
-    stream of their own (not the training rows' first tasks again); 0 writes an empty file (an
-    output DVC expects; evaluate reads it as no set)."""
+    stream of their own (not the training rows' first tasks again); 0 rows: a named file is
+    written empty (an output DVC expects; evaluate reads it as no set), a set left unnamed
+    writes nothing at its default path."""
     from conftest import read_jsonl
 
     from src.make_sample_data import SampleDataConfig
@@ -237,5 +240,7 @@ def test_free_form_evaluation_rows_are_fresh_free_form_tasks_of_the_trained_fami
     prompts = [r["messages"][0]["content"].split("\n")[0] for r in rows]
     firsts = [r["messages"][0]["content"].split("\n")[0] for r in train[: len(rows)]]
     assert prompts != firsts  # another stream, not the same tasks in another dress
+    monkeypatch.chdir(tmp_path)  # where the default paths would be
     assert make_sample_data(SampleDataConfig(ff_rows=0, **common))["n_ff"] == 0
     assert ff.read_bytes() == b""
+    assert not (tmp_path / "data").exists()  # the held-out set: 0 rows, unnamed, not written
