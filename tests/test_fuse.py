@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY, flags, train_tiny_adapter
+from conftest import TINY, flags, read_jsonl, train_tiny_adapter
 
 from src.data.sample import generate_rows, render_text
 from src.fuse_model import main as fuse
@@ -60,7 +60,7 @@ def test_fused_model_matches_base_plus_adapter(trained, tiny_model, tmp_path):
     from src.judging.scores import chat_prompt_ids
 
     samples = (tmp_path / "gen.md").read_text()
-    row = json.loads((trained / "valid.jsonl").read_text().splitlines()[0])
+    row = read_jsonl(trained / "valid.jsonl")[0]
     ids = chat_prompt_ids(tok, [row["messages"][:-1]])[0]
     want = generate(model, tok, ids, max_tokens=8, verbose=False)
     assert want and f"**Fused model (greedy, 8 tokens max)**\n\n```\n{want}\n```" in samples
