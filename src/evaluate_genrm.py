@@ -112,7 +112,7 @@ class EvalConfig:
         Path("metrics/eval_judgements.jsonl"), "every judgement, with its score and reference"
     )
     max_tokens: int = arg(MAX_JUDGEMENT_TOKENS, "greedy judgement length")
-    batch_size: int = arg(32, "rows generated together")
+    batch_size: int = arg(100, "rows generated together (speed only: the same greedy tokens)")
     limit: int = arg(0, "judge only the first N rows (0: every row)")
     base_model: str = arg("", "also judge with this (untrained) model: metrics prefixed base_")
     verdict: str = arg(
