@@ -43,9 +43,8 @@ def altered(row: dict, rng: random.Random) -> dict:
     descending = "descending" in row["messages"][0]["content"].split("\n")[0]
     while True:
         bad = list(reference)
-        k = rng.randrange(
-            len(bad)
-        )  # drawn before the number (Python evaluates a[i()] = v() as v, i)
+        # the position drawn before the number (`bad[i()] = v()` would draw v first)
+        k = rng.randrange(len(bad))
         bad[k] = rng.randint(0, 999)
         bad.sort(reverse=descending)
         if bad != reference:
@@ -85,5 +84,7 @@ def count(judgements: Path) -> None:
 
 
 if __name__ == "__main__":
-    command, path = sys.argv[1:3]
-    {"write": write, "count": count}[command](Path(path))
+    commands = {"write": write, "count": count}
+    if len(sys.argv) != 3 or sys.argv[1] not in commands:
+        sys.exit("usage: sorting_probe.py write OUT_DIR | count JUDGEMENTS.jsonl")
+    commands[sys.argv[1]](Path(sys.argv[2]))
