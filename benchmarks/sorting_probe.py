@@ -20,13 +20,14 @@ or missing (a walk that loops to the token limit writes no verdict).
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
 
 import src  # noqa: F401  (the project's runtime set-up, before mlx)
 from src.data.sample import _sorting, generate_rows
+from src.data.sft import read_jsonl
+from src.runtime import DataError, StageError, write_jsonl
 
 
 def swapped_rows() -> list[dict]:
@@ -65,13 +66,16 @@ def write(out: Path) -> None:
     rng = random.Random(11)
     changed = [altered(r, rng) if r["metadata"]["label"] == 0 else r for r in rows]
     for name, data in (("swapped", rows), ("altered", changed)):
-        with open(out / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in data)
+        write_jsonl(out / f"{name}.jsonl", data)
     print(f"wrote {out}/swapped.jsonl and {out}/altered.jsonl: 200 rows each, 100 wrong")
 
 
 def count(judgements: Path) -> None:
-    rows = [json.loads(line) for line in judgements.open()]
+    rows = []
+    for line, row in read_jsonl(judgements):
+        if not {"label", "score"} <= row.keys():
+            raise DataError(judgements, line, "no label or score", "pass evaluate's judgements")
+        rows.append(row)
     for label, name in ((0, "wrong"), (1, "right")):
         part = [r for r in rows if r["label"] == label]
         right = sum(r["score"] == label for r in part)
@@ -87,4 +91,7 @@ if __name__ == "__main__":
     commands = {"write": write, "count": count}
     if len(sys.argv) != 3 or sys.argv[1] not in commands:
         sys.exit("usage: sorting_probe.py write OUT_DIR | count JUDGEMENTS.jsonl")
-    commands[sys.argv[1]](Path(sys.argv[2]))
+    try:
+        commands[sys.argv[1]](Path(sys.argv[2]))
+    except StageError as err:  # a missing or malformed file: its line and the fix, no traceback
+        sys.exit(f"error: {err}")
