@@ -244,17 +244,13 @@ def _critique_body(task: Task, response: str, correct: bool, reference: bool) ->
             # Two lists of the same numbers in another order read as equal to a small judge: the
             # critique walks them pair by pair (response/reference) up to the first difference,
             # each pair called "same" or "differ" right after its two numbers are written; the
-            # conclusion follows the last of those words (docs/default-judge.md). A walk that
-            # reaches the end writes "end" where the next pair would be: without it, a judge at
-            # some seeds cannot stop after the last number and loops to the token limit.
+            # conclusion follows the last of those words (docs/default-judge.md).
             pairs = []
             for got, want in zip(response.split(", "), task.answer.split(", "), strict=True):
                 same = got == want
                 pairs.append(f"{got}/{want} {'same' if same else 'differ'}")
                 if not same:
                     break
-            else:
-                pairs.append("end")
             return f"Pairs: {', '.join(pairs)}; it {verdict}."
         return (
             f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
