@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
-import src  # noqa: F401  (the fast BLAS, before mlx is imported)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/...` runs
+import src  # noqa: E402, F401  (the fast BLAS, before mlx is imported)
 from src.judging import generate as gen
 from src.judging.scores import chat_prompt_ids, direct_scores, value_paths, value_token_ids
 from src.judging.verdicts import FORMATS

@@ -11,7 +11,7 @@ The validation split holds about 8 wrong sorted lists per run, too few to measur
     uv run python benchmarks/sorting_probe.py write OUT_DIR
     uv run python -m src.evaluate_genrm --model checkpoints/sft_merged_model \\
         --data OUT_DIR/swapped.jsonl --judgements-out OUT_DIR/swapped_judgements.jsonl \\
-        --metrics OUT_DIR/swapped.json --batch-size 100 --max-tokens 128
+        --metrics OUT_DIR/swapped.json --batch-size 100 --max-tokens 160
     uv run python benchmarks/sorting_probe.py count OUT_DIR/swapped_judgements.jsonl
 
 (and the same for ``altered``). ``count`` says, per label, how many verdicts are right, wrong,
@@ -24,7 +24,8 @@ import random
 import sys
 from pathlib import Path
 
-import src  # noqa: F401  (the project's runtime set-up, before mlx)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/...` runs
+import src  # noqa: E402, F401  (the project's runtime set-up, before mlx)
 from src.data.sample import _sorting, generate_rows
 from src.data.sft import read_jsonl
 from src.runtime import DataError, StageError, write_jsonl
