@@ -242,20 +242,16 @@ def _critique_body(task: Task, response: str, correct: bool, reference: bool) ->
         )
         if task.kind == "sorting":
             # Two lists of the same numbers in another order read as equal to a small judge: the
-            # critique walks them pair by pair (k: response/reference) up to the first difference,
-            # each pair called "same" or "differ" right after its two numbers are written, and a
-            # walk that reaches the last pair says "end"; the conclusion follows the last of those
-            # words. Numbered pairs keep the judge from looping (docs/default-judge.md).
+            # critique walks them pair by pair (response/reference) up to the first difference,
+            # each pair called "same" or "differ" right after its two numbers are written; the
+            # conclusion follows the last of those words (docs/default-judge.md).
             pairs = []
-            both = list(zip(response.split(", "), task.answer.split(", "), strict=True))
-            for k, (got, want) in enumerate(both, 1):
+            for got, want in zip(response.split(", "), task.answer.split(", "), strict=True):
                 same = got == want
-                pairs.append(f"{k}: {got}/{want} {'same' if same else 'differ'}")
+                pairs.append(f"{got}/{want} {'same' if same else 'differ'}")
                 if not same:
                     break
-            else:
-                pairs.append("end")
-            return f"{len(both)} numbers. Pairs: {', '.join(pairs)}; it {verdict}."
+            return f"Pairs: {', '.join(pairs)}; it {verdict}."
         return (
             f"The response gives {response}. The reference answer is {task.answer}; it {verdict}."
         )

@@ -25,9 +25,9 @@ VERDICT_ENDINGS = {
     "rating10": 'end with "Rating: [[N]]", N from 1 to 10.',
 }
 # Default judgement length, in tokens: the sample judge's longest critique (a sorted list of nine
-# numbers walked pair by pair, src/data/sample.py) and its verdict line take up to 151. A critique
+# numbers walked pair by pair, src/data/sample.py) and its verdict line take up to 118. A critique
 # ends at the end-of-turn token, so a shorter one costs nothing for the longer limit.
-MAX_JUDGEMENT_TOKENS = 160
+MAX_JUDGEMENT_TOKENS = 128
 PAIRWISE_INSTRUCTION = (
     "Decide which response solves the task correctly. Write a short critique, then end with "
     '"[[A]]" if Response A is better or "[[B]]" if Response B is better.'
