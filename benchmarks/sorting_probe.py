@@ -11,7 +11,7 @@ The validation split holds about 8 wrong sorted lists per run, too few to measur
     uv run python benchmarks/sorting_probe.py write OUT_DIR
     uv run python -m src.evaluate_genrm --model checkpoints/sft_merged_model \\
         --data OUT_DIR/swapped.jsonl --judgements-out OUT_DIR/swapped_judgements.jsonl \\
-        --metrics OUT_DIR/swapped.json --batch-size 100 --max-tokens 160
+        --metrics OUT_DIR/swapped.json --batch-size 100 --max-tokens 128
     uv run python benchmarks/sorting_probe.py count OUT_DIR/swapped_judgements.jsonl
 
 (and the same for ``altered``). ``count`` says, per label, how many verdicts are right, wrong,
