@@ -79,20 +79,28 @@ def test_defaults_are_the_recipes_hyperparameters_and_recipe_file_is_the_full_ru
         "train.optimizer": "adam",
         "qlora.bits": 4,
     }
+    full = flat_params(yaml.safe_load((ROOT / "params.recipe.yaml").read_text()))
     for key, value in recipe.items():
-        assert flat[key] == value, key
+        assert full[key] == value, key
+        if key not in ("train.batch_size", "train.learning_rate"):
+            assert flat[key] == value, key
+    # the default's smaller batch keeps the recipe's learning rate per sqrt(batch size)
+    ratio = flat["train.batch_size"] / full["train.batch_size"]
+    scaled = full["train.learning_rate"] * ratio**0.5
+    assert abs(flat["train.learning_rate"] - scaled) <= 0.02 * scaled
     assert isinstance(flat["train.learning_rate"], float)  # not the string PyYAML makes of 2e-4
-    # warmup: a short share of the run's updates (recipe: 100 of 1250; the default: 12 of 120)
+    # warmup: a short share of the run's updates (recipe: 100 of 1250; the default: 24 of 240)
     updates = flat["train.iters"] // flat["train.grad_accum"]
     assert 1 <= flat["train.warmup_steps"] <= updates // 4
 
-    full = flat_params(yaml.safe_load((ROOT / "params.recipe.yaml").read_text()))
     assert set(full) == set(flat)
     differs = {k for k in flat if flat[k] != full[k]}
     assert differs <= {
         "model.name",
         "train.iters",
-        "train.grad_accum",  # the default: 120 updates of 4 rows (docs/default-judge.md)
+        "train.batch_size",  # the default: 240 updates of 2 rows (docs/default-judge.md) ...
+        "train.learning_rate",  # ... at the recipe's rate scaled by sqrt(2/4) (checked above)
+        "train.grad_accum",  # the default: one update per micro-batch
         "train.warmup_steps",
         "train.decay_steps",  # the default's final decay (docs/default-judge.md)
         "train.average_last",  # the default's adapter: the mean over that decay (same doc)
